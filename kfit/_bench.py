@@ -1,0 +1,76 @@
+"""Benchmarks (``kfit bench ...``): measured side by side with their baselines, in one run.
+
+Numbers are medians of ``torch.utils.benchmark.Timer.blocked_autorange`` and depend on
+the machine; nothing here is asserted by the tests.
+"""
+from __future__ import annotations
+
+import platform
+
+import torch
+
+
+def _timer(fn, min_run_time: float) -> float:
+    from torch.utils.benchmark import Timer
+
+    fn()  # warm up (allocations, lazy init)
+    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_line(device="cpu") -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"torch {torch.__version__} on {dev.type}: {name}"
+
+
+def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run_time: float = 0.3, out=print):
+    """Time one product on a (batch, n) input: reference path, fused path, dense matmul,
+    and torch.fft.fft for the complex DFT; prints ms and the ratios to the fused path."""
+    from . import known
+    from ._butterfly import Butterfly
+
+    out(f"kfit bench product -- batch {batch}; {machine_line(device)}")
+    out("ms per product (median); ratio = baseline ms / fused ms (>1: the K-matrix is faster)")
+    header = f"{'n':>6} {'kind':<22} {'reference':>10} {'fused':>10} {'dense':>10} {'torch.fft':>10} {'dense/fused':>12} {'fft/fused':>10}"
+    out(header)
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for n in ns:
+        for kind in ("real butterfly f32", "complex DFT c64"):
+            if kind.startswith("real"):
+                op = Butterfly.random(n, dtype=torch.float32, generator=g).to(device)
+                dtype = torch.float32
+            else:
+                op = known.dft(n, dtype=torch.complex64, device=device)
+                dtype = torch.complex64
+            x = torch.randn(batch, n, dtype=dtype, generator=g).to(device)
+            W = torch.randn(n, n, dtype=dtype, generator=g).to(device)
+
+            def timed(f):
+                def run():
+                    f()
+                    _sync(device)
+
+                return _timer(run, min_run_time)
+
+            t_ref = timed(lambda: op(x, path="reference"))
+            t_fused = timed(lambda: op(x, path="fused"))
+            t_dense = timed(lambda: x @ W.T)
+            t_fft = timed(lambda: torch.fft.fft(x, norm="ortho")) if dtype.is_complex else float("nan")
+            row = dict(n=n, kind=kind, reference=t_ref, fused=t_fused, dense=t_dense, fft=t_fft)
+            rows.append(row)
+            fft_ratio = f"{t_fft / t_fused:10.2f}" if dtype.is_complex else f"{'-':>10}"
+            fft_ms = f"{t_fft:10.3f}" if dtype.is_complex else f"{'-':>10}"
+            out(
+                f"{n:>6} {kind:<22} {t_ref:10.3f} {t_fused:10.3f} {t_dense:10.3f} {fft_ms} "
+                f"{t_dense / t_fused:12.2f} {fft_ratio}"
+            )
+    return rows
