@@ -11,7 +11,8 @@ from ._butterfly import Butterfly
 from ._kmatrix import KMatrix, compose
 from ._permutation import Diagonal, Permutation
 from . import costs, known, targets
+from ._io import load, load_metadata, save
 
 __version__ = "0.1.0"
 
-__all__ = ["Butterfly", "KMatrix", "Permutation", "Diagonal", "compose", "costs", "known", "targets"]
+__all__ = ["Butterfly", "KMatrix", "Permutation", "Diagonal", "compose", "costs", "known", "targets", "save", "load", "load_metadata"]

@@ -74,3 +74,42 @@ def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run
                 f"{t_dense / t_fused:12.2f} {fft_ratio}"
             )
     return rows
+
+
+def bench_identify(ns=(256, 1024, 4096), repeats: int = 3, out=print):
+    """Time ``solvers.identify`` on the DFT under random row and column permutations,
+    beside one dense matmul of the same size (complex128) for scale."""
+    import time
+
+    import solvers
+
+    from . import targets
+
+    out(f"kfit bench identify -- DFT with random row and column permutations; {machine_line()}")
+    out("seconds, best of %d: structure = recovery of P_out, B, P_in; total = + dense float64 error check" % repeats)
+    out(f"{'n':>6} {'structure':>10} {'total':>10} {'error':>10} {'matmul':>10} {'total/matmul':>13} {'growth':>8}")
+    rows, prev = [], None
+    g = torch.Generator().manual_seed(0)
+    for n in ns:
+        M = targets.get("dft", n)
+        X = M[torch.randperm(n, generator=g)][:, torch.randperm(n, generator=g)]
+        best = None
+        for _ in range(repeats):
+            r = solvers.identify(X)
+            cur = (r.info["seconds_structure"], r.seconds)
+            best = cur if best is None or cur[1] < best[1] else best
+        t_mm = min(_wall(lambda: X @ M) for _ in range(max(1, repeats if n <= 2048 else 1)))
+        growth = f"{best[1] / prev[1]:8.1f}" if prev else f"{'-':>8}"
+        out(f"{n:>6} {best[0]:10.3f} {best[1]:10.3f} {r.error:10.1e} {t_mm:10.3f} {best[1] / t_mm:13.3f} {growth}")
+        rows.append(dict(n=n, structure=best[0], total=best[1], error=r.error, status=r.status, matmul=t_mm))
+        prev = best
+    out("growth = total(n) / total(previous n); O(n^2) means 16 for a 4x larger n, O(n^3) 64")
+    return rows
+
+
+def _wall(fn) -> float:
+    import time
+
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -31,12 +32,82 @@ def _cmd_demo(args) -> int:
     return 0 if err.value <= 1e-12 else 1
 
 
+def _describe_perm(P) -> str:
+    from ._permutation import Permutation
+
+    if P == Permutation.identity(P.n):
+        return "identity"
+    if P == Permutation.bit_reversal(P.n):
+        return "bit reversal"
+    if P == Permutation.bit_reversal(P.n).inverse():
+        return "bit reversal"
+    moved = int((P.perm != __import__("torch").arange(P.n)).sum())
+    return f"general ({moved} of {P.n} indices moved)"
+
+
+def _cmd_fit(args) -> int:
+    import json
+
+    import solvers
+
+    from ._matrix_input import as_matrix
+    from ._permutation import Permutation
+
+    params = {"seed": args.seed} if args.seed is not None else {}
+    if params and not str(args.target).endswith((".npy", ".npz")):
+        from . import targets
+
+        M = targets.get(args.target, args.n, **params)
+    else:
+        M = as_matrix(args.target, "TARGET", n=args.n)
+    overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
+    if args.solver == "identify":
+        result = solvers.identify(M, **overrides)
+    elif args.solver == "permutation":
+        result = solvers.route_permutation(M)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise ValueError(f"unknown solver {args.solver!r}")
+    K = result.kmatrix
+    if args.save and K is not None:
+        from ._io import save
+
+        save(K, args.save, metadata={"target": str(args.target), "n": M.shape[0], **result.to_dict()})
+    if args.json:
+        out = result.to_dict()
+        out["target"] = str(args.target)
+        out.pop("info", None) if not args.verbose else None
+        if args.save:
+            out["saved_to"] = str(args.save)
+        print(json.dumps(out, indent=None if not args.verbose else 2))
+    else:
+        print(f"target     {args.target} (n = {M.shape[0]}, {str(M.dtype).replace('torch.', '')})")
+        print(result.summary())
+        if K is not None:
+            perms = [f for f in K.factors if isinstance(f, Permutation)]
+            n_bf = len(K.butterflies)
+            desc = []
+            if isinstance(K.factors[0], Permutation):
+                desc.append(f"row permutation P_out: {_describe_perm(K.factors[0])}")
+            if isinstance(K.factors[-1], Permutation):
+                desc.append(f"column permutation P_in: {_describe_perm(K.factors[-1])}")
+            if not perms:
+                desc.append("no permutations")
+            print(f"factors    {n_bf} butterfly ({n_bf * K.butterflies[0].log_n} sparse levels); " + "; ".join(desc))
+        if args.save and K is not None:
+            print(f"saved      {args.save} (read back with kfit.load)")
+    return 0 if result.status in ("exact", "converged") else 1
+
+
 def _cmd_bench(args) -> int:
     from . import _bench
 
     if args.what == "product":
         ns = tuple(args.n) if args.n else (256, 1024, 4096)
         _bench.bench_product(ns=ns, batch=args.batch, device=args.device, min_run_time=args.min_time)
+        return 0
+    if args.what == "identify":
+        ns = tuple(args.n) if args.n else (256, 1024, 4096)
+        _bench.bench_identify(ns=ns, repeats=args.repeats)
         return 0
     raise SystemExit(f"kfit bench: unknown benchmark {args.what!r}")
 
@@ -50,8 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=1024, help="vectors per product in the timing (default 1024)")
     d.set_defaults(func=_cmd_demo)
 
+    f = sub.add_parser("fit", help="recover a fast algorithm (K-matrix) for a target matrix")
+    f.add_argument("target", help="a registry name (kfit.targets.names()) or a .npy/.npz file")
+    f.add_argument("-n", type=int, help="size, for a registry name")
+    f.add_argument("--solver", default="identify", choices=["identify", "permutation"], help="solver (default identify)")
+    f.add_argument("--seed", type=int, help="seed of a random target (randn, permutation, circulant, ...)")
+    f.add_argument("--tol", type=float, help="error tolerance for status 'exact' (default 1e-12 f64, 1e-5 f32)")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+    f.add_argument("--verbose", action="store_true", help="with --json: include solver details")
+    f.add_argument("--save", metavar="PATH", help="write the factorization (kfit.load reads it)")
+    f.set_defaults(func=_cmd_fit)
+
     b = sub.add_parser("bench", help="benchmarks, printed beside their baselines")
-    b.add_argument("what", choices=["product"], help="which benchmark")
+    b.add_argument("what", choices=["product", "identify"], help="which benchmark")
+    b.add_argument("--repeats", type=int, default=3, help="identify: runs per size (best is kept)")
     b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096)")
     b.add_argument("--batch", type=int, default=1024)
     b.add_argument("--device", default="cpu")
@@ -69,6 +152,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:
+        if os.environ.get("KFIT_DEBUG"):
+            raise
         # Input errors carry their own explanation; no traceback for the user.
         print(f"kfit {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -194,6 +194,37 @@ class KMatrix(LinearOp):
             x = f._apply3(x, path)
         return x[..., :n] if N != n else x
 
+    def to_dense(self, *, path: str | None = None) -> torch.Tensor:
+        """The dense matrix ``(*batch, n, n)``.
+
+        The rightmost structured factor is densified directly (Butterfly.to_dense is
+        ~2 n^2 work); factors to its left are applied to its columns, permutations are
+        index moves. ``path`` given: through the product with the identity instead.
+        """
+        if path is not None:
+            return super().to_dense(path=path)
+        D, right = None, None  # D: dense so far; right: permutations before any dense factor
+        for f in reversed(self.factors):
+            if isinstance(f, Permutation):
+                if D is None:
+                    right = f if right is None else f @ right
+                else:
+                    D = D[..., f.perm.to(D.device), :]  # (P D)[i] = D[perm[i]]
+            elif D is None:
+                D = f.to_dense()
+                if right is not None:  # (D P)[:, c] = D[:, perm^-1[c]]
+                    D = D[..., right.inverse().perm.to(D.device)]
+            else:
+                if f.is_complex and not D.is_complex():
+                    D = D.to(f.dtype)
+                D = f(D.transpose(-1, -2)).transpose(-1, -2)
+        if D is None:  # permutations only
+            D = right.to_dense()
+        D = D[..., : self.n, : self.n]
+        if self.real_output and D.is_complex():
+            D = D.real
+        return D.contiguous()
+
     # -- algebra ---------------------------------------------------------------------------
     def adjoint(self) -> "KMatrix":
         """``K^H``. For ``real_output``, ``Re(A)^T = Re(A^H)`` on real vectors."""

@@ -1,0 +1,10 @@
+"""kfit solvers: how to *find* a factorization. One module per algorithm.
+
+Each solver is a small config object plus a function ``target -> Result``; a solver that
+does not converge returns a Result that says so, it does not raise.
+"""
+from ._result import Result
+from .identify import IdentifyConfig, identify
+from .permutation import PermutationConfig, detect_permutation, route_permutation
+
+__all__ = ["Result", "IdentifyConfig", "identify", "PermutationConfig", "detect_permutation", "route_permutation"]
