@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from . import _products
-from ._linear import LinearOp
+from ._linear import LinearOp, resolve_to
 from ._validate import check_finite, check_float_dtype, check_power_of_two
 
 
@@ -139,14 +139,14 @@ class Butterfly(LinearOp):
         return 2 * self.n * self.log_n * (2 if self.is_complex else 1)
 
     def _flops(self, in_complex: bool):
-        blocks = self.log_n * self.n // 2
-        if self.is_complex and in_complex:
-            per = 4 * 6 + 2 * 2  # complex mul, complex add
-        elif self.is_complex or in_complex:
-            per = 4 * 2 + 2 * 2  # real-by-complex mul, complex add
-        else:
-            per = 4 + 2
-        return blocks * per, self.is_complex or in_complex
+        blocks = self.n // 2
+        real_real, mixed, complex_complex = 4 + 2, 4 * 2 + 2 * 2, 4 * 6 + 2 * 2
+        if not self.is_complex:
+            return self.log_n * blocks * (mixed if in_complex else real_real), in_complex
+        if in_complex:
+            return self.log_n * blocks * complex_complex, True
+        # A real vector becomes complex after the first level.
+        return blocks * (mixed + (self.log_n - 1) * complex_complex), True
 
     def _repr_extra(self):
         return f", {'increasing' if self.increasing else 'decreasing'} stride"
@@ -156,7 +156,27 @@ class Butterfly(LinearOp):
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
-        return _products.butterfly_product(x, tw, self.increasing, path)
+        if _products.resolve_path(path, self.n, x.device) == "fused":
+            return _products.apply_fused_blocks(x, self._fused_blocks(tw), self.increasing)
+        return _products.butterfly_reference(x, tw, self.increasing)
+
+    def _fused_blocks(self, tw):
+        """The dense blocks of the fused path, cached while the twiddles are unchanged.
+
+        The cache holds a copy of the twiddles it was built from and is reused only when
+        they are still equal (O(n log n) to check, against O(batch n sqrt n) for the
+        product), so in-place edits -- even through ``.data`` -- are always seen. Not
+        cached when autograd needs the blocks (twiddles requiring grad, grad enabled).
+        """
+        if torch.is_grad_enabled() and self.twiddle.requires_grad:
+            return _products.fused_blocks(tw, self.increasing)
+        cached = getattr(self, "_blocks_cache", None)
+        if cached is not None and cached[0].dtype == tw.dtype and cached[0].device == tw.device and torch.equal(cached[0], tw):
+            return cached[1]
+        tw = tw.detach()
+        blocks = _products.fused_blocks(tw, self.increasing)
+        self._blocks_cache = (tw.clone(), blocks)
+        return blocks
 
     def to_dense(self, *, path: str | None = None) -> torch.Tensor:
         """The dense matrix ``(*batch, n, n)``, built by recursive doubling in ~2 n^2 work.
@@ -202,8 +222,10 @@ class Butterfly(LinearOp):
         return self.adjoint()
 
     def to(self, *args, **kwargs) -> "Butterfly":
-        """Move/cast the twiddles (``torch.Tensor.to`` arguments)."""
-        return Butterfly(self.twiddle.to(*args, **kwargs), increasing=self.increasing)
+        """Move/cast the twiddles (``torch.Tensor.to`` arguments; a dtype sets the precision,
+        a complex butterfly stays complex)."""
+        dtype, device = resolve_to(args, kwargs, self.dtype, self.device)
+        return Butterfly(self.twiddle.to(device=device, dtype=dtype), increasing=self.increasing)
 
     def detach(self) -> "Butterfly":
         return Butterfly(self.twiddle.detach(), increasing=self.increasing)

@@ -53,10 +53,15 @@ def _cmd_fit(args) -> int:
     from ._matrix_input import as_matrix
     from ._permutation import Permutation
 
-    params = {"seed": args.seed} if args.seed is not None else {}
-    if params and not str(args.target).endswith((".npy", ".npz")):
-        from . import targets
+    from pathlib import Path
 
+    from . import targets
+
+    is_file = Path(str(args.target)).suffix in (".npy", ".npz") or Path(str(args.target)).exists()
+    if not is_file and str(args.target).lower() in targets.names() and args.n is None:
+        raise ValueError(f"TARGET {args.target!r} is a registry target: give its size with -n N (a power of two), e.g. kfit fit {args.target} -n 64")
+    params = {"seed": args.seed} if args.seed is not None else {}
+    if params and not is_file:
         M = targets.get(args.target, args.n, **params)
     else:
         M = as_matrix(args.target, "TARGET", n=args.n)

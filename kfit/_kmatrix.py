@@ -6,7 +6,7 @@ import torch
 from ._butterfly import Butterfly
 from ._linear import LinearOp
 from ._permutation import Diagonal, Permutation
-from ._validate import check_power_of_two, real_dtype_of
+from ._validate import check_power_of_two, complex_dtype_of, real_dtype_of
 
 _FACTOR_TYPES = (Butterfly, Permutation, Diagonal)
 
@@ -106,12 +106,17 @@ class KMatrix(LinearOp):
 
     # -- properties ------------------------------------------------------------------------
     @property
+    def arithmetic_is_complex(self) -> bool:
+        """Whether any factor computes in complex arithmetic."""
+        return any(f.is_complex or (isinstance(f, KMatrix) and f.arithmetic_is_complex) for f in self.factors if not isinstance(f, Permutation))
+
+    @property
     def dtype(self):
-        """The dtype of the product's arithmetic: complex if any factor is complex."""
+        """The dtype of the matrix (of ``to_dense()``): complex iff the matrix is complex --
+        a real-part K-matrix is real even though it computes with complex factors."""
         if self._precision is None:
             return self.factors[0].dtype
-        cplx = any(f.is_complex for f in self.factors if not isinstance(f, Permutation))
-        return {torch.float32: torch.complex64, torch.float64: torch.complex128}[self._precision] if cplx else self._precision
+        return complex_dtype_of(self._precision) if self.output_is_complex else self._precision
 
     @property
     def device(self):
@@ -119,7 +124,8 @@ class KMatrix(LinearOp):
 
     @property
     def output_is_complex(self):
-        return self.is_complex and not self.real_output
+        """Whether the matrix is complex: a real input vector gives a complex output."""
+        return self._flops(False)[1]
 
     @property
     def n_params(self) -> int:
@@ -140,6 +146,9 @@ class KMatrix(LinearOp):
         return (sum(len(f.butterflies) if isinstance(f, KMatrix) else isinstance(f, Butterfly) for f in self.factors) + 1) // 2
 
     def _flops(self, in_complex):
+        if self.real_output and in_complex:
+            # Re(A) on a complex vector: Re(A Re x) + i Re(A Im x), two real applications.
+            return 2 * self._flops(False)[0], True
         total, c = 0, in_complex
         for f in reversed(self.factors):
             fl, c = f._flops(c)
@@ -173,9 +182,7 @@ class KMatrix(LinearOp):
     def _result_dtype(self, x_dtype, name="x"):
         if self._precision is None:  # permutations only: any input dtype
             return Permutation._result_dtype(self, x_dtype, name)
-        dtype = super()._result_dtype(x_dtype, name)
-        # Re(A) maps real vectors to real vectors.
-        return x_dtype if self.real_output and not x_dtype.is_complex else dtype
+        return super()._result_dtype(x_dtype, name)
 
     def _apply3(self, x, path):
         if self.real_output and x.is_complex():
@@ -185,12 +192,12 @@ class KMatrix(LinearOp):
         return y.real if self.real_output and y.is_complex() else y
 
     def _apply_chain(self, x, path):
-        if self.is_complex and not x.is_complex():
-            x = x.to(self.dtype)
         n, N = self.n, self.N
         if N != n:
             x = torch.nn.functional.pad(x, (0, N - n))
         for f in reversed(self.factors):
+            if f.is_complex and not x.is_complex() and not isinstance(f, KMatrix):
+                x = x.to(complex_dtype_of(x.dtype))  # a nested KMatrix promotes for itself
             x = f._apply3(x, path)
         return x[..., :n] if N != n else x
 
@@ -242,6 +249,7 @@ class KMatrix(LinearOp):
         return self.adjoint()
 
     def to(self, *args, **kwargs) -> "KMatrix":
+        """Move/cast every factor (a dtype sets the precision; complex factors stay complex)."""
         return KMatrix([f.to(*args, **kwargs) for f in self.factors], expansion=self.expansion, real_output=self.real_output)
 
     def detach(self) -> "KMatrix":
@@ -285,12 +293,13 @@ def compose(left, right) -> KMatrix:
     a, b = KMatrix.wrap(left), KMatrix.wrap(right)
     if a.n != b.n:
         raise ValueError(f"cannot compose operators of sizes {a.n} (left) and {b.n} (right)")
-    if a.expansion == 1 and b.expansion == 1 and not b.real_output:
+    # Flattening is exact unless a real part would move: Re(A) B != Re(A B) for complex B.
+    if a.expansion == 1 and b.expansion == 1 and not b.real_output and not (a.real_output and b.is_complex):
         return KMatrix(a.factors + b.factors, real_output=a.real_output)
     return KMatrix([a, b])
 
 
-def _install_matmul():
+def _install_matmul():  # noqa: D401
     # Every structured type composes with @ into a KMatrix.
     def __matmul__(self, other):
         return compose(self, other)

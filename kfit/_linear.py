@@ -22,6 +22,22 @@ import torch
 from ._validate import complex_dtype_of, real_dtype_of
 
 
+def resolve_to(args, kwargs, current: torch.dtype, device):
+    """Parse ``.to(...)`` arguments into (dtype, device), keeping complexness.
+
+    A dtype sets the *precision*: a complex operator asked for float32 becomes complex64
+    (casting it to a real dtype would silently drop the imaginary parts), and a real one
+    asked for complex64 becomes complex64.
+    """
+    probe = torch.empty(0, dtype=current, device=device).to(*args, **kwargs)
+    dtype = probe.dtype
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(f"dtype must be a floating-point or complex dtype, got {dtype}")
+    if current.is_complex:
+        dtype = complex_dtype_of(real_dtype_of(dtype))
+    return dtype, probe.device
+
+
 class LinearOp:
     """Base class: subclasses implement ``_apply3``, ``_flops``, ``n_params`` and shapes."""
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._linear import LinearOp
-from ._validate import check_finite, check_float_dtype, check_power_of_two
+from ._linear import LinearOp, resolve_to
+from ._validate import check_finite, check_float_dtype, check_power_of_two, real_dtype_of
 
 
 def _as_index_vector(perm, name="perm") -> torch.Tensor:
@@ -143,8 +143,8 @@ class Permutation(LinearOp):
         return NotImplemented
 
     def to(self, *args, **kwargs):
-        probe = torch.empty(0, dtype=self._dtype, device=self.device).to(*args, **kwargs)
-        return Permutation(self.perm.to(probe.device), dtype=probe.dtype if (probe.dtype.is_floating_point or probe.dtype.is_complex) else self._dtype)
+        dtype, device = resolve_to(args, kwargs, self._dtype, self.device)
+        return Permutation(self.perm.to(device), dtype=real_dtype_of(dtype))
 
     def factors(self):
         import scipy.sparse as sp
@@ -226,7 +226,8 @@ class Diagonal(LinearOp):
         return self.adjoint()
 
     def to(self, *args, **kwargs):
-        return Diagonal(self.values.to(*args, **kwargs))
+        dtype, device = resolve_to(args, kwargs, self.dtype, self.device)
+        return Diagonal(self.values.to(device=device, dtype=dtype))
 
     def detach(self):
         return Diagonal(self.values.detach())
@@ -235,9 +236,20 @@ class Diagonal(LinearOp):
         check_finite(self.values, "values")
         return self
 
+    def __getitem__(self, index) -> "Diagonal":
+        """Select members of the batch: ``D[i]``."""
+        if not len(self.batch_shape):
+            raise IndexError("this Diagonal has no batch dimension to index")
+        v = self.values[index]
+        if v.ndim < 1 or v.shape[-1] != self.n:
+            raise IndexError(f"index {index!r} must select along the batch dimensions {tuple(self.batch_shape)} only")
+        return Diagonal(v)
+
     def factors(self):
         import scipy.sparse as sp
 
         if len(self.batch_shape):
             raise ValueError(f"factors() needs a single diagonal, this one has batch shape {tuple(self.batch_shape)}")
-        return [sp.diags(self.values.detach().cpu().numpy()).tocsr()]
+        v = self.values.detach().cpu().numpy()
+        i = np.arange(self.n)
+        return [sp.csr_matrix((v, (i, i)), shape=(self.n, self.n))]  # keeps stored zeros

@@ -94,25 +94,36 @@ def fused_blocks(twiddle: torch.Tensor, increasing: bool, k: int | None = None):
 
 def butterfly_fused(x: torch.Tensor, twiddle: torch.Tensor, increasing: bool, k: int | None = None) -> torch.Tensor:
     """The levels fused into two batched matmuls; same result as the reference."""
-    Tt, L, half = twiddle.shape[:3]
-    n = 2 * half
+    return apply_fused_blocks(x, fused_blocks(twiddle, increasing, k), increasing)
+
+
+def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool) -> torch.Tensor:
+    """Apply the blocks of :func:`fused_blocks` to x (Tx, M, n).
+
+    Layouts are chosen so that both batched matmuls read BLAS-compatible strided views;
+    the only copies are one (M, C, R) <-> (R, M, C) transpose between them and the
+    reshaping of the output.
+    """
+    low_t, high_t, C, R = blocks
+    n = C * R
     Tx, M = x.shape[:2]
-    T = max(Tx, Tt)
-    low_t, high_t, C, R = fused_blocks(twiddle, increasing, k)
     if x.is_complex() and not low_t.is_complex():
         low_t = low_t.to(x.dtype)
         high_t = None if high_t is None else high_t.to(x.dtype)
+    T = max(Tx, low_t.shape[0])
     if high_t is None:  # n == 2: a single dense 2x2 block
         return torch.matmul(x, low_t[:, 0]).expand(T, M, n)
     xv = x.reshape(Tx, M, R, C)
     if increasing:
         y = torch.matmul(xv.transpose(1, 2), low_t)  # (T, R, M, C): rows x[r, :] @ low_t[r]
-        z = torch.matmul(y.permute(0, 3, 2, 1), high_t)  # (T, C, M, R): columns @ high_t[c]
-        return z.permute(0, 2, 3, 1).reshape(T, M, n)
-    y = torch.matmul(xv.permute(0, 3, 1, 2), high_t)  # (T, C, M, R): high levels first
-    y = y.permute(0, 2, 3, 1)  # (T, M, R, C)
-    z = torch.matmul(y.transpose(1, 2), low_t)  # (T, R, M, C)
-    return z.transpose(1, 2).reshape(T, M, n)
+        z = y.permute(0, 2, 3, 1).contiguous()  # (T, M, C, R)
+        w = torch.matmul(z.transpose(1, 2), high_t)  # (T, C, M, R): columns @ high_t[c]
+        return w.permute(0, 2, 3, 1).reshape(T, M, n)
+    z = xv.transpose(2, 3).contiguous()  # (T, M, C, R): high levels first
+    w = torch.matmul(z.transpose(1, 2), high_t)  # (T, C, M, R)
+    y = w.permute(0, 3, 2, 1).contiguous()  # (T, R, M, C)
+    v = torch.matmul(y, low_t)  # (T, R, M, C)
+    return v.transpose(1, 2).reshape(T, M, n)
 
 
 def resolve_path(path: str | None, n: int, device: torch.device) -> str:
@@ -129,10 +140,3 @@ def resolve_path(path: str | None, n: int, device: torch.device) -> str:
     if chosen == "auto":
         return "fused" if n >= FUSED_MIN_N else "reference"
     return chosen
-
-
-def butterfly_product(x, twiddle, increasing, path=None):
-    chosen = resolve_path(path, 2 * twiddle.shape[2], x.device)
-    if chosen == "fused":
-        return butterfly_fused(x, twiddle, increasing)
-    return butterfly_reference(x, twiddle, increasing)
