@@ -25,8 +25,9 @@ def _encode(op, prefix: str, tensors: dict) -> dict:
     from ._permutation import Diagonal, Permutation
 
     def put(name, t):
-        t = t.detach().cpu().contiguous()
-        tensors[f"{prefix}.{name}"] = torch.view_as_real(t).contiguous() if t.is_complex() else t
+        # A copy per entry: safetensors refuses tensors sharing memory (a factor used twice).
+        t = t.detach().cpu().clone()
+        tensors[f"{prefix}.{name}"] = torch.view_as_real(t).clone() if t.is_complex() else t
         return str(t.dtype).replace("torch.", "")
 
     if isinstance(op, Butterfly):
@@ -55,9 +56,11 @@ def _decode(spec: dict, prefix: str, tensors: dict, path):
         key = f"{prefix}.{name}"
         if key not in tensors:
             raise ValueError(f"{path}: tensor {key!r} named in the header is missing from the file")
-        t = tensors[key]
+        # clone(): safetensors hands out views of the file buffer, aligned only to 8 bytes;
+        # complex128 kernels need 16 (a misaligned view crashed to_dense).
+        t = tensors[key].clone()
         if dtype in ("complex64", "complex128"):
-            t = torch.view_as_complex(t.contiguous())
+            t = torch.view_as_complex(t)
         if str(t.dtype).replace("torch.", "") != dtype:
             raise ValueError(f"{path}: tensor {key!r} has dtype {t.dtype}, header says {dtype}")
         return t

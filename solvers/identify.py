@@ -133,8 +133,9 @@ def _partner_scan(A, a0, detect_tol, others=None, chunk=256):
         w1 = torch.sqrt(_abs2(x0c1)[None] + _abs2(Yc1))  # (Bc, nb, 1)
         d1 = (x0c1[None] * Y - x0[None] * Yc1).abs() / w1.clamp_min(1e-300)
         on1 = d1 <= thr
-        strength = _abs2(x0)[None] + _abs2(Y)
-        c2 = torch.where(on1, torch.full_like(strength, -1.0), strength).argmax(-1, keepdim=True)
+        # The second direction: the column farthest from the first line (not a thresholded
+        # choice, so nearly parallel directions are still told apart by the argmin below).
+        c2 = d1.argmax(-1, keepdim=True)
         x0c2 = x0[None].expand(Y.shape[0], nb, m).gather(-1, c2)
         Yc2 = Y.gather(-1, c2)
         w2 = torch.sqrt(_abs2(x0c2) + _abs2(Yc2))
