@@ -10,8 +10,6 @@ Permutations move data (0 FLOPs, 0 parameters); ``Re(A) x`` is real iff ``x`` is
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import scipy.sparse as sp

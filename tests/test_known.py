@@ -13,18 +13,16 @@ import scipy.fft
 import scipy.linalg
 import torch
 
-import kfit
 from _reference import (
     POWERS_TO_4096,
     brute_bit_reversal,
-    log2,
     op_dense,
     perm_dense,
     random_vectors,
     rel_err,
     to_numpy,
 )
-from kfit import Butterfly, Diagonal, KMatrix, Permutation, known
+from kfit import Butterfly, Diagonal, Permutation, known
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
