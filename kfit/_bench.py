@@ -14,7 +14,9 @@ def _timer(fn, min_run_time: float) -> float:
     from torch.utils.benchmark import Timer
 
     fn()  # warm up (allocations, lazy init)
-    return Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median * 1e3
+    # Timer defaults to one thread; measure with the threads torch will really use.
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
 def _sync(device):

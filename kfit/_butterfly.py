@@ -156,8 +156,9 @@ class Butterfly(LinearOp):
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
-        if _products.resolve_path(path, self.n, x.device) == "fused":
-            return _products.apply_fused_blocks(x, self._fused_blocks(tw), self.increasing)
+        if _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1]) == "fused":
+            ws = self.__dict__.setdefault("_workspace", {})
+            return _products.apply_fused_blocks(x, self._fused_blocks(tw), self.increasing, ws)
         return _products.butterfly_reference(x, tw, self.increasing)
 
     def _fused_blocks(self, tw):
@@ -185,23 +186,8 @@ class Butterfly(LinearOp):
         """
         if path is not None:
             return super().to_dense(path=path)
-        if not self.increasing:
-            return self.transpose().to_dense().transpose(-1, -2)
         tw = self.twiddle.reshape(-1, self.log_n, self.n // 2, 2, 2)
-        T = tw.shape[0]
-        # Level 0 (stride 1): n/2 blocks of size 2, the twiddles themselves.
-        blocks = tw[:, 0]  # (T, n/2, 2, 2)
-        s = 2
-        for level in range(1, self.log_n):
-            # Level with stride s joins blocks X (even) and Y (odd): [[D1 X, D2 Y], [D3 X, D4 Y]].
-            nb = blocks.shape[1] // 2
-            X, Y = blocks[:, 0::2], blocks[:, 1::2]  # (T, nb, s, s)
-            t = tw[:, level].reshape(T, nb, s, 2, 2)
-            top = torch.cat((t[..., 0, 0, None] * X, t[..., 0, 1, None] * Y), -1)
-            bottom = torch.cat((t[..., 1, 0, None] * X, t[..., 1, 1, None] * Y), -1)
-            blocks = torch.cat((top, bottom), -2)
-            s *= 2
-        return blocks.reshape(*self.batch_shape, self.n, self.n)
+        return _products.butterfly_dense(tw, self.increasing).reshape(*self.batch_shape, self.n, self.n)
 
     # -- algebra ---------------------------------------------------------------------------
     def transpose(self) -> "Butterfly":

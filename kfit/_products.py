@@ -54,6 +54,29 @@ def butterfly_reference(x: torch.Tensor, twiddle: torch.Tensor, increasing: bool
     return x
 
 
+def butterfly_dense(twiddle: torch.Tensor, increasing: bool) -> torch.Tensor:
+    """Dense matrices (Tt, n, n) by recursive doubling: ~2 n^2 work instead of n^2 log n.
+
+    Increasing strides: level l joins consecutive dense blocks X, Y of size s = 2^l into
+    ``[[D1 X, D2 Y], [D3 X, D4 Y]]``. Decreasing strides: the transpose of the increasing
+    butterfly with levels reversed and blocks transposed.
+    """
+    if not increasing:
+        return butterfly_dense(twiddle.flip(1).transpose(-1, -2), True).transpose(-1, -2)
+    Tt, L, half = twiddle.shape[:3]
+    blocks = twiddle[:, 0]  # (T, n/2, 2, 2): level 0 (stride 1), blocks of size 2
+    s = 2
+    for level in range(1, L):
+        nb = blocks.shape[1] // 2
+        X, Y = blocks[:, 0::2], blocks[:, 1::2]  # (T, nb, s, s)
+        t = twiddle[:, level].reshape(Tt, nb, s, 2, 2)
+        top = torch.cat((t[..., 0, 0, None] * X, t[..., 0, 1, None] * Y), -1)
+        bottom = torch.cat((t[..., 1, 0, None] * X, t[..., 1, 1, None] * Y), -1)
+        blocks = torch.cat((top, bottom), -2)
+        s *= 2
+    return blocks.reshape(Tt, 2 * half, 2 * half)
+
+
 def split_point(L: int) -> int:
     """Number of levels fused into the contiguous blocks (C = 2^k columns)."""
     return (L + 1) // 2
@@ -78,17 +101,14 @@ def fused_blocks(twiddle: torch.Tensor, increasing: bool, k: int | None = None):
         high, low = twiddle[:, : L - k], twiddle[:, L - k :]
     # Low level with stride s < C: the C/2 pairs of block r are contiguous, [r*C/2, (r+1)*C/2).
     low_tw = low.reshape(Tt, k, R, C // 2, 2, 2).transpose(1, 2).reshape(Tt * R, k, C // 2, 2, 2)
-    eye_c = torch.eye(C, dtype=twiddle.dtype, device=twiddle.device).expand(1, C, C)
-    # B(I) has rows B e_j: the transposed dense block.
-    low_t = butterfly_reference(eye_c, low_tw, increasing).reshape(Tt, R, C, C)
+    low_t = butterfly_dense(low_tw, increasing).transpose(-1, -2).reshape(Tt, R, C, C)
     if L - k == 0:
         return low_t, None, C, R
     # High level with stride s >= C: pair p = p' * C + c, p' the pair index in r-space.
     high_tw = (
         high.reshape(Tt, L - k, R // 2, C, 2, 2).permute(0, 3, 1, 2, 4, 5).reshape(Tt * C, L - k, R // 2, 2, 2)
     )
-    eye_r = torch.eye(R, dtype=twiddle.dtype, device=twiddle.device).expand(1, R, R)
-    high_t = butterfly_reference(eye_r, high_tw, increasing).reshape(Tt, C, R, R)
+    high_t = butterfly_dense(high_tw, increasing).transpose(-1, -2).reshape(Tt, C, R, R)
     return low_t, high_t, C, R
 
 
@@ -97,12 +117,33 @@ def butterfly_fused(x: torch.Tensor, twiddle: torch.Tensor, increasing: bool, k:
     return apply_fused_blocks(x, fused_blocks(twiddle, increasing, k), increasing)
 
 
-def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool) -> torch.Tensor:
+#: Intermediate buffers of the fused path are reused across calls up to this many bytes:
+#: fresh multi-MB allocations cost page faults that rival the matmuls themselves on CPU.
+WORKSPACE_MAX_BYTES = 256 * 2**20
+
+
+def _buffers(workspace, x, sizes):
+    """Reusable intermediates (no autograd), or None to allocate as usual."""
+    if workspace is None or (torch.is_grad_enabled() and x.requires_grad):
+        return None
+    key = (tuple(sizes), x.dtype, x.device)
+    if workspace.get("key") != key:
+        nbytes = sum(torch.Size(sz).numel() for sz in sizes) * x.element_size()
+        if nbytes > WORKSPACE_MAX_BYTES:
+            return None
+        workspace.clear()
+        workspace["key"] = key
+        workspace["bufs"] = [torch.empty(sz, dtype=x.dtype, device=x.device) for sz in sizes]
+    return workspace["bufs"]
+
+
+def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool, workspace: dict | None = None) -> torch.Tensor:
     """Apply the blocks of :func:`fused_blocks` to x (Tx, M, n).
 
     Layouts are chosen so that both batched matmuls read BLAS-compatible strided views;
-    the only copies are one (M, C, R) <-> (R, M, C) transpose between them and the
-    reshaping of the output.
+    the only copies are one transpose between them and the transpose into the output.
+    ``workspace`` (a dict owned by the caller) keeps the intermediates between calls when
+    autograd is not recording.
     """
     low_t, high_t, C, R = blocks
     n = C * R
@@ -114,19 +155,47 @@ def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool) -> torch.Tenso
     if high_t is None:  # n == 2: a single dense 2x2 block
         return torch.matmul(x, low_t[:, 0]).expand(T, M, n)
     xv = x.reshape(Tx, M, R, C)
+    grad = torch.is_grad_enabled() and (low_t.requires_grad or high_t.requires_grad)
+    # Every transpose is split in two cheap ones: swapping whole rows (memcpy-like) and
+    # batches of small (C, R) tiles; torch's direct 3-D permute copies are 2-4x slower.
+    # Buffers: "p" and "q" alternate as scratch, "w" holds the second matmul's output.
+    full = (T, M, n)
+    bufs = None if grad else _buffers(workspace, x, [full, full, full])
+    out = None if bufs is None else dict(zip("pqw", bufs))
+
+    def take(name, shape):  # a view of a scratch buffer (Tx-batched tensors use part of it)
+        return out[name].view(-1)[: torch.Size(shape).numel()].view(shape)
+
+    def mm(a, b, name):
+        if out is None:
+            return torch.matmul(a, b)
+        shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+        return torch.matmul(a, b, out=take(name, shape))
+
+    def copy(a, name):
+        return a.contiguous() if out is None else take(name, a.shape).copy_(a)
+
     if increasing:
-        y = torch.matmul(xv.transpose(1, 2), low_t)  # (T, R, M, C): rows x[r, :] @ low_t[r]
-        z = y.permute(0, 2, 3, 1).contiguous()  # (T, M, C, R)
-        w = torch.matmul(z.transpose(1, 2), high_t)  # (T, C, M, R): columns @ high_t[c]
-        return w.permute(0, 2, 3, 1).reshape(T, M, n)
-    z = xv.transpose(2, 3).contiguous()  # (T, M, C, R): high levels first
-    w = torch.matmul(z.transpose(1, 2), high_t)  # (T, C, M, R)
-    y = w.permute(0, 3, 2, 1).contiguous()  # (T, R, M, C)
-    v = torch.matmul(y, low_t)  # (T, R, M, C)
+        y = mm(xv.transpose(1, 2), low_t, "p")  # (T, R, M, C): rows x[r, :] @ low_t[r]
+        y = copy(y.transpose(1, 2), "q")  # (T, M, R, C)
+        z = copy(y.transpose(2, 3), "p")  # (T, M, C, R)
+        w = mm(z.transpose(1, 2), high_t, "w")  # (T, C, M, R): columns @ high_t[c]
+        w = copy(w.transpose(1, 2), "q")  # (T, M, C, R)
+        return w.transpose(2, 3).reshape(T, M, n)  # (T, M, R, C), a fresh tensor
+    z = copy(xv.transpose(2, 3), "p")  # (Tx, M, C, R): high levels first
+    w = mm(z.transpose(1, 2), high_t, "w")  # (T, C, M, R)
+    y = copy(w.transpose(1, 2), "q")  # (T, M, C, R)
+    y = copy(y.transpose(2, 3), "p")  # (T, M, R, C)
+    v = mm(y.transpose(1, 2), low_t, "w")  # (T, R, M, C)
     return v.transpose(1, 2).reshape(T, M, n)
 
 
-def resolve_path(path: str | None, n: int, device: torch.device) -> str:
+#: "auto" uses the fused path from this many vectors on: below it, building (or checking)
+#: the dense blocks costs more than the per-level passes over so few vectors.
+FUSED_MIN_ROWS = 8
+
+
+def resolve_path(path: str | None, n: int, device: torch.device, rows: int | None = None) -> str:
     """Pick the product path: explicit argument > $KFIT_PRODUCT_PATH > automatic."""
     chosen = path if path is not None else os.environ.get("KFIT_PRODUCT_PATH", "auto")
     if chosen not in _PATHS:
@@ -138,5 +207,6 @@ def resolve_path(path: str | None, n: int, device: torch.device) -> str:
             "use 'fused' or 'reference'"
         )
     if chosen == "auto":
-        return "fused" if n >= FUSED_MIN_N else "reference"
+        few = rows is not None and rows < FUSED_MIN_ROWS
+        return "fused" if n >= FUSED_MIN_N and not few else "reference"
     return chosen
