@@ -39,7 +39,6 @@ def relative_error(op, M: torch.Tensor, *, method: str = "auto", probes: int = 3
         method = "dense" if n <= DENSE_ERROR_MAX_N else "probe"
     wide = op.to(torch.complex128 if op.dtype.is_complex else torch.float64)
     Mw = _wide(M).to(wide.device)
-    norm_m = torch.linalg.matrix_norm(Mw).item() if Mw.ndim >= 2 else Mw.norm().item()
     if method == "dense":
         K = wide.to_dense()
         diff = K.to(torch.promote_types(K.dtype, Mw.dtype)) - Mw
