@@ -115,3 +115,29 @@ def _wall(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+FIT_TARGETS = ("dft", "idft", "hadamard", "dct2", "dst2", "dct4", "hartley", "circulant", "toeplitz")
+
+
+def bench_fit(ns=(8, 16, 32, 64, 128, 256), targets=FIT_TARGETS, time_budget=600.0, restarts=8, device="cpu", out=print):
+    """Run the automatic search (``solvers.fit``) on the issue's targets from random
+    initialisation; print status, error, structure, parameters and wall time per case."""
+    import solvers
+
+    from . import targets as registry
+
+    out(f"kfit bench fit -- solvers.fit (auto), budget {time_budget:g} s per case, {restarts} starts; {machine_line(device)}")
+    out(f"{'target':<10} {'n':>5} {'status':<13} {'error':>9} {'seconds':>8} {'params':>8} {'dense':>7}  structure (solver)")
+    rows = []
+    for name in targets:
+        for n in ns:
+            M = registry.get(name, n)
+            r = solvers.fit(M, time_budget=time_budget, restarts=restarts, device=device)
+            K = r.kmatrix
+            structure = K.structure() if K is not None else "-"
+            dense = n * n * (2 if M.is_complex() else 1)
+            params = K.n_params if K is not None else 0
+            out(f"{name:<10} {n:>5} {r.status:<13} {r.error:9.1e} {r.seconds:8.1f} {params:>8} {dense:>7}  {structure} ({r.solver})")
+            rows.append(dict(target=name, n=n, status=r.status, error=r.error, seconds=r.seconds, structure=structure, solver=r.solver))
+    return rows

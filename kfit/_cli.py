@@ -66,10 +66,19 @@ def _cmd_fit(args) -> int:
     else:
         M = as_matrix(args.target, "TARGET", n=args.n)
     overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
+    progress = not args.json and sys.stderr.isatty()
     if args.solver == "identify":
         result = solvers.identify(M, **overrides)
     elif args.solver == "permutation":
         result = solvers.route_permutation(M)
+    elif args.solver == "gradient":
+        chain = tuple(args.chain.split()) if args.chain else ("B", "B*")
+        result = solvers.fit_gradient(
+            M, chain=chain, complex=args.complex, real_output=args.real_output, expansion=args.expansion,
+            restarts=args.restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress, **overrides,
+        )
+    elif args.solver == "auto":
+        result = solvers.fit(M, restarts=args.restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress, **overrides)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown solver {args.solver!r}")
     K = result.kmatrix
@@ -110,6 +119,11 @@ def _cmd_bench(args) -> int:
         ns = tuple(args.n) if args.n else (256, 1024, 4096)
         _bench.bench_product(ns=ns, batch=args.batch, device=args.device, min_run_time=args.min_time)
         return 0
+    if args.what == "fit":
+        ns = tuple(args.n) if args.n else (8, 16, 32, 64, 128, 256)
+        names = tuple(args.targets.split(",")) if args.targets else _bench.FIT_TARGETS
+        _bench.bench_fit(ns=ns, targets=names, time_budget=args.time_budget, restarts=args.restarts, device=args.device)
+        return 0
     if args.what == "identify":
         ns = tuple(args.n) if args.n else (256, 1024, 4096)
         _bench.bench_identify(ns=ns, repeats=args.repeats)
@@ -129,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="recover a fast algorithm (K-matrix) for a target matrix")
     f.add_argument("target", help="a registry name (kfit.targets.names()) or a .npy/.npz file")
     f.add_argument("-n", type=int, help="size, for a registry name")
-    f.add_argument("--solver", default="identify", choices=["identify", "permutation"], help="solver (default identify)")
+    f.add_argument("--solver", default="auto", choices=["auto", "identify", "gradient", "permutation"],
+                   help="auto (default): permutation, identification, then gradient fits of growing structure")
+    f.add_argument("--chain", help="gradient: butterflies in matrix order, e.g. 'B B*' (default) or 'B B* B B*'")
+    f.add_argument("--complex", action="store_true", help="gradient: complex twiddles")
+    f.add_argument("--real-output", action="store_true", help="gradient: fit the real part (DCT/DST/Hartley)")
+    f.add_argument("--expansion", type=int, default=1, help="gradient: expansion e (default 1)")
+    f.add_argument("--restarts", type=int, default=8, help="random starts fitted at once (default 8)")
+    f.add_argument("--time-budget", type=float, default=600.0, help="seconds for the search (default 600)")
+    f.add_argument("--fit-seed", type=int, default=0, help="seed of the random starts (default 0)")
     f.add_argument("--seed", type=int, help="seed of a random target (randn, permutation, circulant, ...)")
     f.add_argument("--tol", type=float, help="error tolerance for status 'exact' (default 1e-12 f64, 1e-5 f32)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
@@ -138,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fit)
 
     b = sub.add_parser("bench", help="benchmarks, printed beside their baselines")
-    b.add_argument("what", choices=["product", "identify"], help="which benchmark")
+    b.add_argument("what", choices=["product", "identify", "fit"], help="which benchmark")
+    b.add_argument("--targets", help="fit: comma-separated target names (default: the issue's list)")
+    b.add_argument("--time-budget", type=float, default=600.0, help="fit: seconds per case (default 600)")
+    b.add_argument("--restarts", type=int, default=8, help="fit: random starts (default 8)")
     b.add_argument("--repeats", type=int, default=3, help="identify: runs per size (best is kept)")
     b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096)")
     b.add_argument("--batch", type=int, default=1024)

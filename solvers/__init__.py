@@ -5,6 +5,14 @@ does not converge returns a Result that says so, it does not raise.
 """
 from ._result import Result
 from .identify import IdentifyConfig, identify
+from .fit import FitConfig, baselines, fit
+from .gradient import GradientConfig, fit_gradient
 from .permutation import PermutationConfig, detect_permutation, route_permutation
 
-__all__ = ["Result", "IdentifyConfig", "identify", "PermutationConfig", "detect_permutation", "route_permutation"]
+__all__ = [
+    "Result",
+    "IdentifyConfig", "identify",
+    "PermutationConfig", "detect_permutation", "route_permutation",
+    "GradientConfig", "fit_gradient",
+    "FitConfig", "fit", "baselines",
+]

@@ -1,0 +1,458 @@
+r"""Gradient fitting: the parameters of a given K-matrix structure, fitted to a target.
+
+Structure
+---------
+``K = Re?( E^T · P_out · F_1 F_2 ... F_k · P_in · E )`` where each ``F_i`` is a butterfly
+with increasing (``"B"``) or decreasing (``"B*"``) strides, real or complex, ``P_out`` and
+``P_in`` fixed permutations (given), ``E`` the expansion corner. ``GradientConfig.chain``
+spells the butterflies in matrix order, e.g. ``("B", "B*")`` for BB* or
+``("B", "B*", "B", "B*")`` for (BB*)^2.
+
+Method
+------
+1. Many random starts at once: every twiddle tensor carries a leading batch dimension of
+   ``restarts`` independent starts (one process, one device); the loss of each start is
+   ``||K_s - M||_F^2 / ||M||_F^2``, computed from the dense products (butterflies are
+   densified by recursive doubling, ~2 n^2 work each).
+2. First-order phase: Adam on all starts together (float64), keeping each start's best
+   iterate -- Adam drifts away from minima it has reached.
+3. Second-order finish: the best starts are polished one by one with L-BFGS (strong Wolfe
+   line search, float64) until the relative error is below ``tol``, progress stalls, or
+   the budget of time or iterations is spent. The best iterate is kept.
+
+The result's status: ``"converged"`` (error <= tol), ``"stalled"`` (no progress) or
+``"budget"`` (time or iterations spent); non-convergence never raises.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ._result import Result
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Settings of :func:`fit_gradient`.
+
+    Attributes
+    ----------
+    chain : tuple of "B" / "B*"
+        The butterflies, in matrix order.
+    complex : bool
+        Complex twiddles.
+    real_output : bool
+        Fit ``Re(...)`` (DCT/DST/Hartley from complex butterflies).
+    expansion : int
+        Fit the top-left n x n corner of a size ``expansion * n`` product.
+    row_perm, col_perm : index vectors or None
+        Fixed permutations ``P_out``, ``P_in`` (``(P x)[i] = x[perm[i]]``).
+    restarts : int
+        Random starts fitted at once (a batch dimension).
+    adam_steps, adam_lr : first-order phase.
+    polish : int
+        How many of the best starts the second-order phase polishes.
+    finish : "lm" or "lbfgs"
+        Second-order finish: Levenberg–Marquardt on the residual with matrix-free CG
+        (Gauss–Newton products by forward- and reverse-mode autodiff; default: measured to
+        reach 1e-12 where L-BFGS crawls linearly), or L-BFGS with strong Wolfe.
+    lm_steps, cg_iters : int
+        Levenberg–Marquardt steps per polished start, CG iterations per step.
+    lbfgs_iters : int
+        L-BFGS iterations per polished start (in rounds of 50).
+    tol : float
+        Target relative Frobenius error (machine precision in float64: 1e-12).
+    time_budget : float
+        Seconds for the whole fit.
+    seed : int
+        Same seed, same machine: same result.
+    device : str
+    progress : bool
+        Show a progress bar with the current best error.
+    """
+
+    chain: tuple = ("B", "B*")
+    complex: bool = False
+    real_output: bool = False
+    expansion: int = 1
+    row_perm: object = None
+    col_perm: object = None
+    restarts: int = 16
+    adam_steps: int = 1000
+    adam_lr: float = 0.02
+    polish: int = 3
+    finish: str = "lm"
+    lm_steps: int = 60
+    cg_iters: int = 60
+    lbfgs_iters: int = 2000
+    tol: float = 1e-12
+    time_budget: float = 600.0
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+    def describe(self) -> str:
+        core = " · ".join(self.chain)
+        if self.row_perm is not None:
+            core = "P · " + core
+        if self.col_perm is not None:
+            core = core + " · P"
+        if self.expansion > 1:
+            core = f"corner[{core}] (e={self.expansion})"
+        if self.real_output:
+            core = f"Re({core})"
+        return core + (" complex" if self.complex else " real")
+
+
+@dataclass
+class _Model:
+    params: list  # real tensors (S, L, N/2, 2, 2[, 2 for complex])
+    increasing: list
+    cfg: GradientConfig
+    n: int
+    N: int
+    rows: torch.Tensor | None = None
+    cols: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    def twiddles(self, params=None):
+        ps = self.params if params is None else params
+        return [torch.view_as_complex(p) if self.cfg.complex else p for p in ps]
+
+    def dense(self, params=None) -> torch.Tensor:
+        """(S, n, n) dense K for every start."""
+        from kfit._products import butterfly_dense
+
+        K = None
+        for tw, inc in zip(self.twiddles(params), self.increasing):
+            D = butterfly_dense(tw, inc)
+            K = D if K is None else K @ D
+        if self.rows is not None:
+            K = K[:, self.rows, :]
+        if self.cols is not None:
+            K = K[:, :, self.cols]
+        K = K[:, : self.n, : self.n]
+        return K.real if self.cfg.real_output and K.is_complex() else K
+
+    def kmatrix(self, s: int):
+        """Start ``s`` as a kfit.KMatrix."""
+        from kfit import Butterfly, KMatrix, Permutation
+
+        fs = []
+        if self.rows is not None:
+            fs.append(Permutation(self.rows_perm))
+        fs += [Butterfly(tw[s].detach().clone(), increasing=inc) for tw, inc in zip(self.twiddles(), self.increasing)]
+        if self.cols is not None:
+            fs.append(Permutation(self.cols_perm))
+        return KMatrix(fs, expansion=self.cfg.expansion, real_output=self.cfg.real_output)
+
+
+def _build(M: torch.Tensor, cfg: GradientConfig) -> _Model:
+    from kfit import Permutation
+    from kfit._validate import check_power_of_two
+
+    n = M.shape[0]
+    N = check_power_of_two(n * cfg.expansion, "n * expansion")
+    L = N.bit_length() - 1
+    g = torch.Generator().manual_seed(cfg.seed)
+    params, inc = [], []
+    for kind in cfg.chain:
+        if kind not in ("B", "B*"):
+            raise ValueError(f"chain entries must be 'B' or 'B*', got {kind!r}")
+        shape = (cfg.restarts, L, N // 2, 2, 2) + ((2,) if cfg.complex else ())
+        # Random orthogonal-ish scale: each 2x2 block ~ N(0, 1/2) (complex: 1/4 per part),
+        # so products keep unit scale on average at any depth.
+        scale = 1 / math.sqrt(2) / (math.sqrt(2) if cfg.complex else 1)
+        p = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(cfg.device)
+        params.append(p.requires_grad_(True))
+        inc.append(kind == "B")
+    model = _Model(params, inc, cfg, n, N)
+    # (P D)[i] = D[perm[i]]: rows gathered by perm; (D P)[:, c] = D[:, perm^-1[c]].
+    if cfg.row_perm is not None:
+        P = cfg.row_perm if isinstance(cfg.row_perm, Permutation) else Permutation(cfg.row_perm)
+        if P.n != N:
+            raise ValueError(f"row_perm has length {P.n}, expected {N}")
+        model.rows, model.rows_perm = P.perm.to(cfg.device), P.perm
+    if cfg.col_perm is not None:
+        P = cfg.col_perm if isinstance(cfg.col_perm, Permutation) else Permutation(cfg.col_perm)
+        if P.n != N:
+            raise ValueError(f"col_perm has length {P.n}, expected {N}")
+        model.cols, model.cols_perm = P.inverse().perm.to(cfg.device), P.perm
+    return model
+
+
+def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result:
+    """Fit the structure of ``config`` to ``M`` by gradient descent (see module doc).
+
+    Returns a :class:`solvers.Result`: ``kmatrix`` the best start, ``error`` its relative
+    Frobenius error (dense, float64), ``status`` converged / stalled / budget, ``trace``
+    a list of ``(step, seconds, best relative error)``.
+    """
+    from kfit._error import relative_error
+    from kfit._matrix_input import as_matrix
+
+    t0 = time.perf_counter()
+    cfg = replace(config or GradientConfig(), **overrides)
+    M = as_matrix(M, "M")
+    in_dtype = str(M.dtype).replace("torch.", "")
+    target = M.to(torch.complex128 if M.is_complex() else torch.float64).to(cfg.device)
+    if target.is_complex() and (cfg.real_output or not cfg.complex):
+        raise ValueError(
+            "M is complex but the structure is real (complex=False or real_output=True): "
+            "use complex=True, real_output=False for a complex target"
+        )
+    model = _build(target, cfg)
+    norm2 = target.abs().pow(2).sum()
+    trace: list = []
+    S = cfg.restarts
+    best_loss = torch.full((S,), float("inf"), dtype=torch.float64, device=cfg.device)
+    best_params = [p.detach().clone() for p in model.params]
+    step = 0
+    bar = _progress(cfg, total=cfg.adam_steps, desc=f"fit {cfg.describe()} (Adam)")
+
+    def losses(params=None):
+        diff = model.dense(params) - target
+        return (diff.abs().pow(2).sum((-1, -2))) / norm2
+
+    # -- phase 1: Adam on every start at once ---------------------------------------------
+    opt = torch.optim.Adam(model.params, lr=cfg.adam_lr)
+    status = None
+    for step in range(1, cfg.adam_steps + 1):
+        opt.zero_grad(set_to_none=True)
+        ls = losses()
+        ls.sum().backward()
+        with torch.no_grad():
+            better = ls.detach() < best_loss
+            if bool(better.any()):
+                best_loss = torch.where(better, ls.detach(), best_loss)
+                for bp, p in zip(best_params, model.params):
+                    bp[better] = p.detach()[better]
+        opt.step()
+        err = math.sqrt(max(best_loss.min().item(), 0.0))
+        if step % 10 == 0 or step == 1:
+            trace.append((step, time.perf_counter() - t0, err, "adam"))
+            bar.set_postfix_str(f"best err {err:.2e}")
+        bar.update(1)
+        if err <= cfg.tol:
+            status = "converged"
+            break
+        if time.perf_counter() - t0 > cfg.time_budget:
+            status = "budget"
+            break
+    bar.close()
+
+    # -- phase 2: L-BFGS polish of the best starts, one by one ------------------------------
+    order = torch.argsort(best_loss).tolist()
+    polished = {}
+    if status is None:
+        for rank, s in enumerate(order[: cfg.polish]):
+            remaining = cfg.time_budget - (time.perf_counter() - t0)
+            if remaining <= 0:
+                status = "budget"
+                break
+            finish = _lm if cfg.finish == "lm" else _lbfgs
+            loss_s, params_s, st, step = finish(model, best_params, s, target, norm2, cfg, t0, trace, step, rank)
+            polished[s] = (loss_s, params_s)
+            if loss_s < best_loss[s]:
+                best_loss[s] = loss_s
+                for bp, p in zip(best_params, params_s):
+                    bp[s] = p
+            if math.sqrt(max(loss_s, 0.0)) <= cfg.tol:
+                status = "converged"
+                break
+            status = st
+    s_best = int(torch.argmin(best_loss))
+    with torch.no_grad():
+        for p, bp in zip(model.params, best_params):
+            p.copy_(bp)
+    K = model.kmatrix(s_best)
+    err = relative_error(K, target)
+    if err.value <= cfg.tol:
+        status = "converged"
+    elif status in (None, "converged"):
+        status = "stalled"
+    messages = {
+        "converged": f"converged: error {err.value:.2e} <= tol {cfg.tol:g}",
+        "stalled": f"stalled at error {err.value:.2e} (tol {cfg.tol:g}): no further progress",
+        "budget": f"budget spent ({cfg.time_budget:g} s or the iteration limits) at error {err.value:.2e} (tol {cfg.tol:g})",
+    }
+    return Result(
+        kmatrix=K,
+        error=err.value,
+        error_method=err.method,
+        status=status,
+        solver="gradient",
+        seconds=time.perf_counter() - t0,
+        dtype=in_dtype,
+        tol=cfg.tol,
+        message=f"{cfg.describe()}: " + messages[status],
+        info={
+            "structure": cfg.describe(),
+            "restarts": S,
+            "best_start": s_best,
+            "start_errors_after_adam": [math.sqrt(max(v, 0.0)) for v in best_loss.tolist()],
+            "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("row_perm", "col_perm")},
+            "row_perm_fixed": cfg.row_perm is not None,
+            "col_perm_fixed": cfg.col_perm is not None,
+        },
+        trace=trace,
+    )
+
+
+def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
+    """Levenberg–Marquardt on start ``s``: solve (J^T J + lam I) d = -J^T r by CG, where
+    J^T J v is one forward-mode and one reverse-mode product (never forming J)."""
+    from torch.func import jvp, vjp
+
+    shapes = [bp[s : s + 1].shape for bp in best_params]
+    sizes = [math.prod(sh) for sh in shapes]
+    scale = norm2.sqrt()
+
+    def unflat(theta):
+        return [c.reshape(sh) for c, sh in zip(torch.split(theta, sizes), shapes)]
+
+    def residual(theta):
+        r = (model.dense(unflat(theta)) - target) / scale
+        return torch.view_as_real(r).reshape(-1) if r.is_complex() else r.reshape(-1)
+
+    theta = torch.cat([bp[s].reshape(-1) for bp in best_params]).detach().clone()
+    r = residual(theta)
+    loss = float(r @ r)
+    lam = 1e-3 * max(loss, 1e-30) ** 0.5
+    best = (loss, theta.clone())
+    status, stall = "stalled", 0
+    bar = _progress(cfg, total=cfg.lm_steps, desc=f"fit (Levenberg–Marquardt, start {rank + 1}/{cfg.polish})")
+    for _ in range(cfg.lm_steps):
+        r, vjp_fn = vjp(residual, theta)
+        g = vjp_fn(r)[0]
+
+        def normal(v):
+            jv = jvp(residual, (theta,), (v,))[1]
+            return vjp_fn(jv)[0] + lam * v
+
+        d = _cg(normal, -g, cfg.cg_iters)
+        trial = theta + d
+        r_new = residual(trial)
+        new = float(r_new @ r_new)
+        step += 1
+        if math.isfinite(new) and new < loss:
+            gain = new < 0.9 * loss
+            theta, loss = trial, new
+            lam = max(lam / 3, 1e-30)
+            stall = 0 if gain else stall + 1
+            if loss < best[0]:
+                best = (loss, theta.clone())
+        else:
+            lam *= 4
+            stall += 1
+        err = math.sqrt(max(best[0], 0.0))
+        trace.append((step, time.perf_counter() - t0, err, "lm"))
+        bar.set_postfix_str(f"best err {err:.2e}")
+        bar.update(1)
+        if err <= cfg.tol:
+            status = "converged"
+            break
+        if stall >= 8:
+            status = "stalled"
+            break
+        if time.perf_counter() - t0 > cfg.time_budget:
+            status = "budget"
+            break
+    else:
+        status = "budget"
+    bar.close()
+    return best[0], [p[0] for p in unflat(best[1])], status, step
+
+
+def _cg(matvec, b, iters):
+    """Conjugate gradients for a symmetric positive definite operator, from x = 0."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = r @ r
+    stop = 1e-20 * rr
+    for _ in range(iters):
+        Ap = matvec(p)
+        alpha = rr / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        rr_new = r @ r
+        if rr_new <= stop:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def _lbfgs(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
+    """Polish start ``s`` with L-BFGS (strong Wolfe); returns (best loss, params, status, step)."""
+    params = [bp[s : s + 1].clone().requires_grad_(True) for bp in best_params]
+    opt = torch.optim.LBFGS(
+        params, lr=1, max_iter=50, history_size=100, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-300, tolerance_change=1e-300,
+    )
+    best = (float("inf"), [p.detach()[0].clone() for p in params])
+    stall, status = 0, "stalled"
+    bar = _progress(cfg, total=cfg.lbfgs_iters, desc=f"fit (L-BFGS, start {rank + 1}/{cfg.polish})")
+
+    def loss_fn():
+        return ((model.dense(params) - target).abs().pow(2).sum()) / norm2
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        ls = loss_fn()
+        ls.backward()
+        return ls
+
+    for _ in range(max(1, cfg.lbfgs_iters // 50)):
+        opt.step(closure)
+        with torch.no_grad():
+            cur = loss_fn().item()
+        step += 50
+        if not math.isfinite(cur):
+            break
+        if cur < best[0]:
+            improved = cur < 0.9 * best[0]
+            best = (cur, [p.detach()[0].clone() for p in params])
+            stall = 0 if improved else stall + 1
+        else:
+            stall += 1
+        err = math.sqrt(max(best[0], 0.0))
+        trace.append((step, time.perf_counter() - t0, err, "lbfgs"))
+        bar.set_postfix_str(f"best err {err:.2e}")
+        bar.update(50)
+        if err <= cfg.tol:
+            status = "converged"
+            break
+        if stall >= 10:
+            status = "stalled"
+            break
+        if time.perf_counter() - t0 > cfg.time_budget:
+            status = "budget"
+            break
+    else:
+        status = "budget"
+    bar.close()
+    return best[0], best[1], status, step
+
+
+def _progress(cfg, total, desc):
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=False)
+
+    class _Null:
+        def update(self, *_):
+            pass
+
+        def set_postfix_str(self, *_):
+            pass
+
+        def close(self):
+            pass
+
+    return _Null()

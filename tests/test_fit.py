@@ -1,0 +1,145 @@
+"""Gradient fitting and the automatic structure search (small sizes; larger ones are
+``kfit bench fit``). References are independent: numpy/scipy targets and dense products
+rebuilt from the returned factors' own data."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import kfit
+import solvers
+from kfit.targets import bit_reversal
+from solvers import GradientConfig, fit, fit_gradient
+
+
+def hartley_np(n):
+    F = np.fft.fft(np.eye(n), axis=0) / math.sqrt(n)
+    return F.real - F.imag
+
+
+def rel(A, B):
+    A, B = np.asarray(A), np.asarray(B)
+    return float(np.linalg.norm(A - B) / np.linalg.norm(B))
+
+
+def dense_from_factors(K):
+    """Rebuild K's dense matrix from its factors' stored data (numpy only)."""
+    from _reference import op_dense  # independent per-level construction (tests/_reference.py)
+
+    return op_dense(K)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_hartley_fits_to_machine_precision_from_random_starts(n):
+    r = fit_gradient(
+        kfit.targets.get("hartley", n),
+        chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(n),
+        restarts=8, adam_steps=1000, time_budget=120,
+    )
+    assert r.status == "converged", r.message
+    assert r.error <= 1e-12
+    K = dense_from_factors(r.kmatrix)
+    assert rel(K, hartley_np(n)) <= 1e-12
+    assert abs(rel(K, hartley_np(n)) - r.error) <= 1e-13
+    steps = [t[0] for t in r.trace]
+    assert steps == sorted(steps) and {t[3] for t in r.trace} >= {"adam"}
+
+
+def test_hadamard_real_butterfly_fits():
+    n = 8
+    r = fit_gradient(kfit.targets.get("hadamard", n), chain=("B",), restarts=8, time_budget=60)
+    assert r.status == "converged", r.message
+    assert rel(dense_from_factors(r.kmatrix), scipy.linalg.hadamard(n) / math.sqrt(n)) <= 1e-12
+
+
+def test_same_seed_same_result():
+    M = kfit.targets.get("hartley", 8)
+    kw = dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(8), restarts=4, adam_steps=200, polish=1, lm_steps=5)
+    a = fit_gradient(M, seed=3, **kw)
+    b = fit_gradient(M, seed=3, **kw)
+    c = fit_gradient(M, seed=4, **kw)
+    ta, tb, tc = (r.kmatrix.butterflies[0].twiddle for r in (a, b, c))
+    assert torch.equal(ta, tb)
+    assert not torch.equal(ta, tc)
+
+
+def test_non_convergence_is_a_status_not_an_exception():
+    # A Gaussian matrix cannot be a single real butterfly; a tiny budget ends the fit.
+    M = kfit.targets.get("randn", 16)
+    r = fit_gradient(M, chain=("B",), restarts=2, adam_steps=50, polish=1, lm_steps=3, time_budget=30)
+    assert r.status in ("stalled", "budget")
+    assert r.error > 1e-3 and not r.success
+    assert r.kmatrix is not None and "error" in r.message
+
+
+def test_budget_status_when_time_runs_out():
+    M = kfit.targets.get("randn", 16)
+    r = fit_gradient(M, chain=("B", "B*"), restarts=2, adam_steps=10**6, time_budget=0.5)
+    assert r.status == "budget"
+    assert r.seconds < 30
+
+
+def test_complex_target_needs_a_complex_structure():
+    with pytest.raises(ValueError, match="complex"):
+        fit_gradient(kfit.targets.get("dft", 8), chain=("B",))
+
+
+def test_bad_chain_entry():
+    with pytest.raises(ValueError, match="'B' or 'B\\*'"):
+        fit_gradient(kfit.targets.get("hadamard", 8), chain=("X",))
+
+
+def test_auto_routes_permutations_and_identifies_before_fitting():
+    P = kfit.targets.get("permutation", 16, seed=1)
+    r = fit(P)
+    assert r.solver == "permutation" and r.status == "exact" and r.error == 0.0
+    g = torch.Generator().manual_seed(0)
+    D = kfit.targets.get("dft", 32)[torch.randperm(32, generator=g)]
+    r = fit(D)
+    assert r.solver == "identify" and r.status == "exact"
+    assert [s["step"] for s in r.info["search"]] == ["identify P·B·P"]
+
+
+def test_auto_fits_hartley_and_records_the_search():
+    # (At n = 8 the Hartley matrix happens to be P·B·P and is identified in closed form.)
+    r = fit(kfit.targets.get("hartley", 16), time_budget=120)
+    assert r.status == "converged", r.message
+    assert r.solver == "gradient"
+    assert rel(dense_from_factors(r.kmatrix), hartley_np(16)) <= 1e-12
+    steps = [s["step"] for s in r.info["search"]]
+    assert steps[0] == "identify P·B·P" and len(steps) >= 2
+
+
+def test_auto_reports_baselines_when_nothing_fits():
+    M = kfit.targets.get("randn", 16)
+    r = fit(M, time_budget=6, restarts=2, max_rung=1)
+    assert not r.success
+    b = r.info["baselines"]
+    assert b["n_params"] == r.kmatrix.n_params
+    # Independent baselines: best k-sparse and rank-r errors from numpy.
+    A = M.numpy()
+    mags = np.sort(np.abs(A).ravel() ** 2)[::-1]
+    assert b["sparse_error"] == pytest.approx(math.sqrt(mags[b["sparse_entries"]:].sum()) / np.linalg.norm(A), rel=1e-9)
+    s = np.linalg.svd(A, compute_uv=False) ** 2
+    assert b["low_rank_error"] == pytest.approx(math.sqrt(s[b["low_rank"]:].sum()) / np.linalg.norm(A), rel=1e-9)
+    assert "sparse" in r.message and "rank" in r.message
+
+
+def test_cli_fit_auto_and_gradient(capsys):
+    from kfit._cli import main
+
+    assert main(["fit", "hartley", "-n", "16", "--time-budget", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "converged" in out and "error" in out and "parameters" in out
+    assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60"]) == 0
+    assert "converged" in capsys.readouterr().out
