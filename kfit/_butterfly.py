@@ -199,13 +199,7 @@ class Butterfly(LinearOp):
         t = self.transpose()
         return Butterfly(t.twiddle.conj().resolve_conj(), increasing=t.increasing) if self.is_complex else t
 
-    @property
-    def T(self):
-        return self.transpose()
 
-    @property
-    def H(self):
-        return self.adjoint()
 
     def to(self, *args, **kwargs) -> "Butterfly":
         """Move/cast the twiddles (``torch.Tensor.to`` arguments; a dtype sets the precision,

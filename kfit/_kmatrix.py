@@ -240,13 +240,7 @@ class KMatrix(LinearOp):
     def transpose(self) -> "KMatrix":
         return KMatrix([f.transpose() for f in reversed(self.factors)], expansion=self.expansion, real_output=self.real_output)
 
-    @property
-    def T(self):
-        return self.transpose()
 
-    @property
-    def H(self):
-        return self.adjoint()
 
     def to(self, *args, **kwargs) -> "KMatrix":
         """Move/cast every factor (a dtype sets the precision; complex factors stay complex)."""

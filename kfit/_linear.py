@@ -86,6 +86,16 @@ class LinearOp:
         """
         return self._flops(self.output_is_complex)[0]
 
+    @property
+    def T(self):
+        """The transpose (``transpose()``)."""
+        return self.transpose()
+
+    @property
+    def H(self):
+        """The conjugate transpose (``adjoint()``)."""
+        return self.adjoint()
+
     def __call__(self, x, *, path: str | None = None) -> torch.Tensor:
         """Apply to a batch of row vectors ``x`` of shape ``(..., n)``; see the module doc.
 

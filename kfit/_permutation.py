@@ -126,13 +126,7 @@ class Permutation(LinearOp):
 
     adjoint = transpose
 
-    @property
-    def T(self):
-        return self.inverse()
 
-    @property
-    def H(self):
-        return self.inverse()
 
     def __matmul__(self, other):
         if isinstance(other, Permutation):
@@ -217,13 +211,6 @@ class Diagonal(LinearOp):
     def adjoint(self):
         return Diagonal(self.values.conj().resolve_conj()) if self.is_complex else self
 
-    @property
-    def T(self):
-        return self
-
-    @property
-    def H(self):
-        return self.adjoint()
 
     def to(self, *args, **kwargs):
         dtype, device = resolve_to(args, kwargs, self.dtype, self.device)

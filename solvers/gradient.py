@@ -302,6 +302,43 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
     )
 
 
+class _Polish:
+    """Bookkeeping shared by the second-order loops: the best iterate, stall counting,
+    the trace, the progress bar and the stopping rule (tol, stall, time budget)."""
+
+    def __init__(self, cfg, t0, trace, step, label, total, patience):
+        self.cfg, self.t0, self.trace, self.step = cfg, t0, trace, step
+        self.label, self.patience = label, patience
+        self.best_loss, self.best = float("inf"), None
+        self.stall, self.status = 0, "budget"
+        self.bar = _progress(cfg, total=total, desc=f"fit ({label})")
+
+    def update(self, loss: float, snapshot, steps: int = 1) -> bool:
+        """Record one round; ``snapshot()`` copies the current iterate. True: stop."""
+        self.step += steps
+        if math.isfinite(loss) and loss < self.best_loss:
+            self.stall = 0 if loss < 0.9 * self.best_loss else self.stall + 1
+            self.best_loss, self.best = loss, snapshot()
+        else:
+            self.stall += 1
+        err = math.sqrt(max(self.best_loss, 0.0))
+        self.trace.append((self.step, time.perf_counter() - self.t0, err, self.label.split()[0].lower()))
+        self.bar.set_postfix_str(f"best err {err:.2e}")
+        self.bar.update(steps)
+        if err <= self.cfg.tol:
+            self.status = "converged"
+        elif self.stall >= self.patience or not math.isfinite(loss):
+            self.status = "stalled"
+        elif time.perf_counter() - self.t0 > self.cfg.time_budget:
+            self.status = "budget"
+        else:
+            return False
+        return True
+
+    def close(self):
+        self.bar.close()
+
+
 def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     """Levenberg–Marquardt on start ``s``: solve (J^T J + lam I) d = -J^T r by CG, where
     J^T J v is one forward-mode and one reverse-mode product (never forming J)."""
@@ -322,9 +359,8 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     r = residual(theta)
     loss = float(r @ r)
     lam = 1e-3 * max(loss, 1e-30) ** 0.5
-    best = (loss, theta.clone())
-    status, stall = "stalled", 0
-    bar = _progress(cfg, total=cfg.lm_steps, desc=f"fit (Levenberg–Marquardt, start {rank + 1}/{cfg.polish})")
+    book = _Polish(cfg, t0, trace, step, f"LM start {rank + 1}/{cfg.polish}", cfg.lm_steps, patience=8)
+    book.update(loss, theta.clone, steps=0)
     for _ in range(cfg.lm_steps):
         r, vjp_fn = vjp(residual, theta)
         g = vjp_fn(r)[0]
@@ -333,38 +369,18 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
             jv = jvp(residual, (theta,), (v,))[1]
             return vjp_fn(jv)[0] + lam * v
 
-        d = _cg(normal, -g, cfg.cg_iters)
-        trial = theta + d
+        trial = theta + _cg(normal, -g, cfg.cg_iters)
         r_new = residual(trial)
         new = float(r_new @ r_new)
-        step += 1
-        if math.isfinite(new) and new < loss:
-            gain = new < 0.9 * loss
+        if math.isfinite(new) and new < loss:  # accept: trust the quadratic model more
             theta, loss = trial, new
             lam = max(lam / 3, 1e-30)
-            stall = 0 if gain else stall + 1
-            if loss < best[0]:
-                best = (loss, theta.clone())
         else:
             lam *= 4
-            stall += 1
-        err = math.sqrt(max(best[0], 0.0))
-        trace.append((step, time.perf_counter() - t0, err, "lm"))
-        bar.set_postfix_str(f"best err {err:.2e}")
-        bar.update(1)
-        if err <= cfg.tol:
-            status = "converged"
+        if book.update(loss, theta.clone):
             break
-        if stall >= 8:
-            status = "stalled"
-            break
-        if time.perf_counter() - t0 > cfg.time_budget:
-            status = "budget"
-            break
-    else:
-        status = "budget"
-    bar.close()
-    return best[0], [p[0] for p in unflat(best[1])], status, step
+    book.close()
+    return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step
 
 
 def _cg(matvec, b, iters):
@@ -394,9 +410,6 @@ def _lbfgs(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
         params, lr=1, max_iter=50, history_size=100, line_search_fn="strong_wolfe",
         tolerance_grad=1e-300, tolerance_change=1e-300,
     )
-    best = (float("inf"), [p.detach()[0].clone() for p in params])
-    stall, status = 0, "stalled"
-    bar = _progress(cfg, total=cfg.lbfgs_iters, desc=f"fit (L-BFGS, start {rank + 1}/{cfg.polish})")
 
     def loss_fn():
         return ((model.dense(params) - target).abs().pow(2).sum()) / norm2
@@ -407,36 +420,15 @@ def _lbfgs(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
         ls.backward()
         return ls
 
+    book = _Polish(cfg, t0, trace, step, f"L-BFGS start {rank + 1}/{cfg.polish}", cfg.lbfgs_iters, patience=10)
     for _ in range(max(1, cfg.lbfgs_iters // 50)):
         opt.step(closure)
         with torch.no_grad():
             cur = loss_fn().item()
-        step += 50
-        if not math.isfinite(cur):
+        if book.update(cur, lambda: [p.detach()[0].clone() for p in params], steps=50):
             break
-        if cur < best[0]:
-            improved = cur < 0.9 * best[0]
-            best = (cur, [p.detach()[0].clone() for p in params])
-            stall = 0 if improved else stall + 1
-        else:
-            stall += 1
-        err = math.sqrt(max(best[0], 0.0))
-        trace.append((step, time.perf_counter() - t0, err, "lbfgs"))
-        bar.set_postfix_str(f"best err {err:.2e}")
-        bar.update(50)
-        if err <= cfg.tol:
-            status = "converged"
-            break
-        if stall >= 10:
-            status = "stalled"
-            break
-        if time.perf_counter() - t0 > cfg.time_budget:
-            status = "budget"
-            break
-    else:
-        status = "budget"
-    bar.close()
-    return best[0], best[1], status, step
+    book.close()
+    return book.best_loss, book.best, book.status, book.step
 
 
 def _progress(cfg, total, desc):

@@ -143,3 +143,13 @@ def test_cli_fit_auto_and_gradient(capsys):
     assert "converged" in out and "error" in out and "parameters" in out
     assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60"]) == 0
     assert "converged" in capsys.readouterr().out
+
+
+def test_lbfgs_finish_runs_and_keeps_the_best_iterate():
+    M = kfit.targets.get("hartley", 8)
+    kw = dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(8), restarts=4, adam_steps=300, polish=1)
+    r = fit_gradient(M, finish="lbfgs", lbfgs_iters=500, time_budget=60, **kw)
+    assert r.status in ("converged", "stalled", "budget")
+    adam_best = min(r.info["start_errors_after_adam"])
+    assert r.error <= adam_best * (1 + 1e-9)  # the polish never returns a worse iterate
+    assert abs(rel(dense_from_factors(r.kmatrix), hartley_np(8)) - r.error) <= 1e-13
