@@ -54,6 +54,21 @@ def butterfly_reference(x: torch.Tensor, twiddle: torch.Tensor, increasing: bool
     return x
 
 
+def _tracked(*ts) -> bool:
+    """True when autograd (reverse mode, or forward mode: dual tensors) follows any of ts:
+    then the out= kernels and scratch buffers are not allowed."""
+    from torch.autograd.forward_ad import unpack_dual
+
+    for t in ts:
+        if t is None:
+            continue
+        if torch.is_grad_enabled() and t.requires_grad:
+            return True
+        if unpack_dual(t).tangent is not None:
+            return True
+    return False
+
+
 def butterfly_dense(twiddle: torch.Tensor, increasing: bool) -> torch.Tensor:
     """Dense matrices (Tt, n, n) by recursive doubling: ~2 n^2 work instead of n^2 log n.
 
@@ -65,14 +80,25 @@ def butterfly_dense(twiddle: torch.Tensor, increasing: bool) -> torch.Tensor:
         return butterfly_dense(twiddle.flip(1).transpose(-1, -2), True).transpose(-1, -2)
     Tt, L, half = twiddle.shape[:3]
     blocks = twiddle[:, 0]  # (T, n/2, 2, 2): level 0 (stride 1), blocks of size 2
+    # Without autograd, each level writes its four quadrants straight into the new blocks
+    # (one pass over the output instead of three through cat); the values are the same.
+    direct = not _tracked(twiddle)
     s = 2
     for level in range(1, L):
         nb = blocks.shape[1] // 2
         X, Y = blocks[:, 0::2], blocks[:, 1::2]  # (T, nb, s, s)
         t = twiddle[:, level].reshape(Tt, nb, s, 2, 2)
-        top = torch.cat((t[..., 0, 0, None] * X, t[..., 0, 1, None] * Y), -1)
-        bottom = torch.cat((t[..., 1, 0, None] * X, t[..., 1, 1, None] * Y), -1)
-        blocks = torch.cat((top, bottom), -2)
+        if direct:
+            new = blocks.new_empty((Tt, nb, 2 * s, 2 * s))
+            torch.mul(t[..., 0, 0, None], X, out=new[:, :, :s, :s])
+            torch.mul(t[..., 0, 1, None], Y, out=new[:, :, :s, s:])
+            torch.mul(t[..., 1, 0, None], X, out=new[:, :, s:, :s])
+            torch.mul(t[..., 1, 1, None], Y, out=new[:, :, s:, s:])
+            blocks = new
+        else:
+            top = torch.cat((t[..., 0, 0, None] * X, t[..., 0, 1, None] * Y), -1)
+            bottom = torch.cat((t[..., 1, 0, None] * X, t[..., 1, 1, None] * Y), -1)
+            blocks = torch.cat((top, bottom), -2)
         s *= 2
     return blocks.reshape(Tt, 2 * half, 2 * half)
 
@@ -137,11 +163,30 @@ def _buffers(workspace, x, sizes):
     return workspace["bufs"]
 
 
+def _transpose_into(a: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``a.transpose(1, 2)`` made contiguous, for a 3-D ``a`` (T, P, Q) -> (T, Q, P).
+
+    Done one 2-D matrix at a time: torch's dedicated 2-D transpose copy is ~4x faster than
+    the generic strided copy of a 3-D permute.
+    """
+    T, P_, Q = a.shape
+    if out is None:
+        if T == 1:
+            return a[0].t().contiguous()[None]
+        out = a.new_empty((T, Q, P_))
+    for t in range(T):
+        out[t].copy_(a[t].t())
+    return out
+
+
 def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool, workspace: dict | None = None) -> torch.Tensor:
     """Apply the blocks of :func:`fused_blocks` to x (Tx, M, n).
 
-    Layouts are chosen so that both batched matmuls read BLAS-compatible strided views;
-    the only copies are one transpose between them and the transpose into the output.
+    The two batched matmuls work on the *transposed* batch, x viewed as (R, C, M) with the
+    M vectors contiguous: each block then left-multiplies an (R or C, M) BLAS matrix, and
+    the transpose of x is absorbed by BLAS (a transposed operand) in the matmul that reads
+    x (increasing) or that writes the result (decreasing). The only full transpose is one
+    2-D transpose copy (of the result, resp. of x), plus one cheap swap of whole M-rows.
     ``workspace`` (a dict owned by the caller) keeps the intermediates between calls when
     autograd is not recording.
     """
@@ -154,14 +199,11 @@ def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool, workspace: dic
     T = max(Tx, low_t.shape[0])
     if high_t is None:  # n == 2: a single dense 2x2 block
         return torch.matmul(x, low_t[:, 0]).expand(T, M, n)
-    xv = x.reshape(Tx, M, R, C)
-    grad = torch.is_grad_enabled() and (low_t.requires_grad or high_t.requires_grad)
-    # Every transpose is split in two cheap ones: swapping whole rows (memcpy-like) and
-    # batches of small (C, R) tiles; torch's direct 3-D permute copies are 2-4x slower.
-    # Buffers: "p" and "q" alternate as scratch, "w" holds the second matmul's output.
+    grad = _tracked(x, low_t, high_t)
+    # Buffers: "p" and "q" alternate as scratch; the result is always a fresh tensor.
     full = (T, M, n)
-    bufs = None if grad else _buffers(workspace, x, [full, full, full])
-    out = None if bufs is None else dict(zip("pqw", bufs))
+    bufs = None if grad else _buffers(workspace, x, [full, full])
+    out = None if bufs is None else dict(zip("pq", bufs))
 
     def take(name, shape):  # a view of a scratch buffer (Tx-batched tensors use part of it)
         return out[name].view(-1)[: torch.Size(shape).numel()].view(shape)
@@ -176,18 +218,15 @@ def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool, workspace: dic
         return a.contiguous() if out is None else take(name, a.shape).copy_(a)
 
     if increasing:
-        y = mm(xv.transpose(1, 2), low_t, "p")  # (T, R, M, C): rows x[r, :] @ low_t[r]
-        y = copy(y.transpose(1, 2), "q")  # (T, M, R, C)
-        z = copy(y.transpose(2, 3), "p")  # (T, M, C, R)
-        w = mm(z.transpose(1, 2), high_t, "w")  # (T, C, M, R): columns @ high_t[c]
-        w = copy(w.transpose(1, 2), "q")  # (T, M, C, R)
-        return w.transpose(2, 3).reshape(T, M, n)  # (T, M, R, C), a fresh tensor
-    z = copy(xv.transpose(2, 3), "p")  # (Tx, M, C, R): high levels first
-    w = mm(z.transpose(1, 2), high_t, "w")  # (T, C, M, R)
-    y = copy(w.transpose(1, 2), "q")  # (T, M, C, R)
-    y = copy(y.transpose(2, 3), "p")  # (T, M, R, C)
-    v = mm(y.transpose(1, 2), low_t, "w")  # (T, R, M, C)
-    return v.transpose(1, 2).reshape(T, M, n)
+        xt = x.reshape(Tx, M, R, C).permute(0, 2, 3, 1)  # (Tx, R, C, M), a strided view
+        y = mm(low_t.transpose(-1, -2), xt, "p")  # (T, R, C, M): low_t[r]^T @ x[r, :]^T
+        z = mm(high_t.transpose(-1, -2), y.transpose(1, 2), "q")  # (T, C, R, M)
+        u = copy(z.transpose(1, 2), "p")  # (T, R, C, M): whole M-rows moved
+        return _transpose_into(u.view(T, n, M), None if out is None else x.new_empty(full))
+    xt = _transpose_into(x.reshape(Tx, M, n), None if out is None else take("p", (Tx, n, M)))
+    y = mm(high_t.transpose(-1, -2), xt.view(Tx, R, C, M).transpose(1, 2), "q")  # (T, C, R, M)
+    v = mm(y.permute(0, 2, 3, 1), low_t, "p")  # (T, R, M, C): y[:, r, :]^T @ low_t[r]
+    return v.transpose(1, 2).reshape(T, M, n)  # (T, M, R, C), a fresh tensor
 
 
 #: "auto" uses the fused path from this many vectors on: below it, building (or checking)

@@ -206,7 +206,9 @@ def _split(A, pairs, T_mask, last):
     total = (p + r).sum()
     u, lam_min = _top_eigvec(p, q, r)
     u = _fix_phase(u)
-    v = (u.conj()[..., None] * X).sum(-2)  # (nb, k, h, c)
+    uc = u.conj()[..., None]
+    v = uc[..., 0, :] * X[..., 0, :]  # (nb, k, h, c): u^H X without a full-size temporary
+    v += uc[..., 1, :] * X[..., 1, :]
     tw = u.transpose(-1, -2).reshape(nb * half, 2, 2)  # [row, half]
     new_blocks = v.permute(0, 2, 1, 3).reshape(2 * nb, half, half)
     return tw, new_blocks, lam_min.sum(), total, order

@@ -95,7 +95,7 @@ def test_fit_json_verbose_has_info(capsys):
 
 
 def test_fit_json_not_in_class(capsys):
-    rc, out, _ = _run(capsys, ["fit", "randn", "-n", "32", "--seed", "3", "--json"])
+    rc, out, _ = _run(capsys, ["fit", "randn", "-n", "32", "--seed", "3", "--json", "--solver", "identify"])
     assert rc == 1
     d = json.loads(out)
     assert d["status"] == "not_in_class"
@@ -194,7 +194,8 @@ def test_fit_npy_not_power_of_two(capsys, tmp_path):
 
 
 def test_fit_dct2_not_in_class(capsys):
-    rc, out, err = _run(capsys, ["fit", "dct2", "-n", "64"])
+    # The identification solver alone (auto would go on to gradient fits).
+    rc, out, err = _run(capsys, ["fit", "dct2", "-n", "64", "--solver", "identify"])
     assert rc == 1
     assert "not_in_class" in out
     assert re.search(r"level \d+", out)
@@ -231,8 +232,8 @@ def test_fit_tol_option(capsys):
 
 
 def test_fit_seed_changes_random_target(capsys):
-    rc1, out1, _ = _run(capsys, ["fit", "randn", "-n", "16", "--seed", "1", "--json"])
-    rc2, out2, _ = _run(capsys, ["fit", "randn", "-n", "16", "--seed", "2", "--json"])
+    rc1, out1, _ = _run(capsys, ["fit", "randn", "-n", "16", "--seed", "1", "--json", "--solver", "identify"])
+    rc2, out2, _ = _run(capsys, ["fit", "randn", "-n", "16", "--seed", "2", "--json", "--solver", "identify"])
     assert rc1 == rc2 == 1
     assert json.loads(out1)["error"] != json.loads(out2)["error"]
 
