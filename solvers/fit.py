@@ -6,12 +6,15 @@ Cheapest first:
 2. ``P · B · P`` by closed-form identification (:mod:`solvers.identify`);
 3. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
    the time budget, until one reaches ``tol``:
-   ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms); ``B · B*``;
+   ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms);
+   ``Re(P~ · B* · P~)`` complex with both permutations learned in a structured family
+   (:mod:`solvers._permfamily`; relaxed, then rounded -- found the DCT-II at n = 8, not
+   yet reliable beyond); ``B · B*``;
    ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
 
-Permutations are *not learned* in the gradient rungs: they are either recovered by
-identification (step 2) or fixed to the bit reversal in the rung that names it. A target
-that needs another hidden permutation is reported with the best error found.
+Permutations are recovered by identification (step 2), fixed to the bit reversal in the
+rung that names it, or learned in the ``P~`` rung. A target that needs another hidden
+permutation is reported with the best error found.
 
 When nothing reaches ``tol``, the result reports the best fit beside the errors of a
 sparse and a low-rank approximation with the same number of parameters
@@ -71,6 +74,7 @@ def ladder(n: int, target_is_complex: bool) -> list[dict]:
     return [
         dict(chain=("B",)),
         dict(chain=("B",), complex=True, real_output=True, col_perm=rev),
+        dict(chain=("B*",), complex=True, real_output=True, learn_perm="both", restarts_factor=4),
         dict(chain=("B", "B*")),
         dict(chain=("B", "B*"), complex=True, real_output=True),
         dict(chain=("B", "B*", "B", "B*"), complex=True, real_output=True),
@@ -140,8 +144,10 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
         if remaining <= 1:
             break
         share = remaining / (len(rungs) - i)
+        rung = dict(rung)
+        restarts = cfg.restarts * rung.pop("restarts_factor", 1)
         gcfg = GradientConfig(
-            tol=tol, restarts=cfg.restarts, seed=cfg.seed, device=cfg.device,
+            tol=tol, restarts=restarts, seed=cfg.seed, device=cfg.device,
             progress=cfg.progress, time_budget=share, **rung,
         )
         r = fit_gradient(M, gcfg)

@@ -50,6 +50,9 @@ class GradientConfig:
         Fit the top-left n x n corner of a size ``expansion * n`` product.
     row_perm, col_perm : index vectors or None
         Fixed permutations ``P_out``, ``P_in`` (``(P x)[i] = x[perm[i]]``).
+    learn_perm : "none", "in", "out" or "both"
+        Learn ``P_in`` / ``P_out`` in the structured family of :mod:`solvers._permfamily`
+        (relaxed during the first-order phase, rounded, then fixed for the finish).
     restarts : int
         Random starts fitted at once (a batch dimension).
     adam_steps, adam_lr : first-order phase.
@@ -80,6 +83,8 @@ class GradientConfig:
     expansion: int = 1
     row_perm: object = None
     col_perm: object = None
+    learn_perm: str = "none"
+    perm_penalty: float = 0.1
     restarts: int = 16
     adam_steps: int = 1000
     adam_lr: float = 0.02
@@ -95,11 +100,11 @@ class GradientConfig:
     progress: bool = False
 
     def describe(self) -> str:
-        core = " · ".join(self.chain)
-        if self.row_perm is not None:
-            core = "P · " + core
-        if self.col_perm is not None:
-            core = core + " · P"
+        core = " · ".join(self.chain)  # P~: a learned permutation
+        if self.row_perm is not None or self.learn_perm in ("out", "both"):
+            core = ("P~ · " if self.row_perm is None else "P · ") + core
+        if self.col_perm is not None or self.learn_perm in ("in", "both"):
+            core = core + (" · P~" if self.col_perm is None else " · P")
         if self.expansion > 1:
             core = f"corner[{core}] (e={self.expansion})"
         if self.real_output:
@@ -116,7 +121,8 @@ class _Model:
     N: int
     rows: torch.Tensor | None = None
     cols: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
+    logits: dict = field(default_factory=dict)  # "in"/"out" -> (S, m) learnable logits
+    moves: list = field(default_factory=list)
 
     def twiddles(self, params=None):
         ps = self.params if params is None else params
@@ -126,10 +132,16 @@ class _Model:
         """(S, n, n) dense K for every start."""
         from kfit._products import butterfly_dense
 
+        from ._permfamily import relaxed_cols, relaxed_rows
+
         K = None
         for tw, inc in zip(self.twiddles(params), self.increasing):
             D = butterfly_dense(tw, inc)
             K = D if K is None else K @ D
+        if "out" in self.logits:
+            K = relaxed_rows(K, torch.sigmoid(self.logits["out"]), self.moves)
+        if "in" in self.logits:
+            K = relaxed_cols(K, torch.sigmoid(self.logits["in"]), self.moves)
         if self.rows is not None:
             K = K[:, self.rows, :]
         if self.cols is not None:
@@ -170,6 +182,18 @@ def _build(M: torch.Tensor, cfg: GradientConfig) -> _Model:
         params.append(p.requires_grad_(True))
         inc.append(kind == "B")
     model = _Model(params, inc, cfg, n, N)
+    if cfg.learn_perm not in ("none", "in", "out", "both"):
+        raise ValueError(f"learn_perm must be 'none', 'in', 'out' or 'both', got {cfg.learn_perm!r}")
+    sides = {"none": (), "in": ("in",), "out": ("out",), "both": ("out", "in")}[cfg.learn_perm]
+    if sides:
+        from ._permfamily import moves
+
+        if (cfg.row_perm is not None and "out" in sides) or (cfg.col_perm is not None and "in" in sides):
+            raise ValueError("a permutation cannot be both fixed (row_perm/col_perm) and learned (learn_perm)")
+        model.moves = moves(N)
+        for side in sides:
+            lg = 0.5 * torch.randn((cfg.restarts, len(model.moves)), generator=g, dtype=torch.float64)
+            model.logits[side] = lg.to(cfg.device).requires_grad_(True)
     # (P D)[i] = D[perm[i]]: rows gathered by perm; (D P)[:, c] = D[:, perm^-1[c]].
     if cfg.row_perm is not None:
         P = cfg.row_perm if isinstance(cfg.row_perm, Permutation) else Permutation(cfg.row_perm)
@@ -182,6 +206,16 @@ def _build(M: torch.Tensor, cfg: GradientConfig) -> _Model:
             raise ValueError(f"col_perm has length {P.n}, expected {N}")
         model.cols, model.cols_perm = P.inverse().perm.to(cfg.device), P.perm
     return model
+
+
+def _fix_perms(model, perms: dict):
+    """Install fixed permutations ("out" -> rows, "in" -> columns) into the model."""
+    from kfit import Permutation
+
+    if "out" in perms:
+        model.rows, model.rows_perm = perms["out"].to(model.cfg.device), perms["out"]
+    if "in" in perms:
+        model.cols, model.cols_perm = Permutation(perms["in"]).inverse().perm.to(model.cfg.device), perms["in"]
 
 
 def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result:
@@ -218,18 +252,29 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
         return (diff.abs().pow(2).sum((-1, -2))) / norm2
 
     # -- phase 1: Adam on every start at once ---------------------------------------------
-    opt = torch.optim.Adam(model.params, lr=cfg.adam_lr)
+    best_logits = {k: v.detach().clone() for k, v in model.logits.items()}
+    opt = torch.optim.Adam(model.params + list(model.logits.values()), lr=cfg.adam_lr)
     status = None
     for step in range(1, cfg.adam_steps + 1):
         opt.zero_grad(set_to_none=True)
         ls = losses()
-        ls.sum().backward()
+        total = ls.sum()
+        if model.logits:
+            # Push the relaxed permutations towards 0/1 over the second half of the phase,
+            # so that rounding them changes little.
+            beta = cfg.perm_penalty * max(0.0, 2 * step / cfg.adam_steps - 1)
+            for lg in model.logits.values():
+                pr = torch.sigmoid(lg)
+                total = total + beta * (pr * (1 - pr)).sum()
+        total.backward()
         with torch.no_grad():
             better = ls.detach() < best_loss
             if bool(better.any()):
                 best_loss = torch.where(better, ls.detach(), best_loss)
                 for bp, p in zip(best_params, model.params):
                     bp[better] = p.detach()[better]
+                for k, lg in model.logits.items():
+                    best_logits[k][better] = lg.detach()[better]
         opt.step()
         err = math.sqrt(max(best_loss.min().item(), 0.0))
         if step % 10 == 0 or step == 1:
@@ -247,8 +292,26 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
     # -- phase 2: L-BFGS polish of the best starts, one by one ------------------------------
     order = torch.argsort(best_loss).tolist()
     polished = {}
+    rounded_perms = {}
+    if model.logits:
+        # Round the relaxed permutations of every start; from here on they are fixed.
+        from ._permfamily import rounded
+
+        with torch.no_grad():
+            for s in range(S):
+                rounded_perms[s] = {k: rounded(torch.sigmoid(lg[s]).cpu(), model.moves) for k, lg in best_logits.items()}
+        model.logits = {}
+        # The rounded error of each start (the relaxed one no longer applies).
+        with torch.no_grad():
+            for s in range(S):
+                _fix_perms(model, rounded_perms[s])
+                best_loss[s] = ((model.dense([bp[s : s + 1] for bp in best_params]) - target).abs().pow(2).sum() / norm2).item()
+        order = torch.argsort(best_loss).tolist()
+        status = None if status != "budget" else status
     if status is None:
         for rank, s in enumerate(order[: cfg.polish]):
+            if rounded_perms:
+                _fix_perms(model, rounded_perms[s])
             remaining = cfg.time_budget - (time.perf_counter() - t0)
             if remaining <= 0:
                 status = "budget"
@@ -265,6 +328,8 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
                 break
             status = st
     s_best = int(torch.argmin(best_loss))
+    if rounded_perms:
+        _fix_perms(model, rounded_perms[s_best])
     with torch.no_grad():
         for p, bp in zip(model.params, best_params):
             p.copy_(bp)
@@ -297,6 +362,7 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
             "settings": {k: v for k, v in cfg.__dict__.items() if k not in ("row_perm", "col_perm")},
             "row_perm_fixed": cfg.row_perm is not None,
             "col_perm_fixed": cfg.col_perm is not None,
+            "learned_permutations": {k: v.tolist() for k, v in rounded_perms.get(s_best, {}).items()},
         },
         trace=trace,
     )

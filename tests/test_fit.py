@@ -153,3 +153,28 @@ def test_lbfgs_finish_runs_and_keeps_the_best_iterate():
     adam_best = min(r.info["start_errors_after_adam"])
     assert r.error <= adam_best * (1 + 1e-9)  # the polish never returns a worse iterate
     assert abs(rel(dense_from_factors(r.kmatrix), hartley_np(8)) - r.error) <= 1e-13
+
+
+def test_learned_permutations_recover_the_dct2_at_n8():
+    """Re(P~ · B* · P~) with both permutations learned (relaxed, rounded, fixed) from random
+    starts reproduces the orthonormal DCT-II, checked against scipy."""
+    import scipy.fft
+
+    n = 8
+    r = fit_gradient(
+        kfit.targets.get("dct2", n), chain=("B*",), complex=True, real_output=True,
+        learn_perm="both", restarts=32, adam_steps=1500, polish=4, time_budget=120,
+    )
+    assert r.status == "converged", r.message
+    ref = scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0)
+    assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
+    perms = r.info["learned_permutations"]
+    assert set(perms) == {"in", "out"}
+    for p in perms.values():
+        assert sorted(p) == list(range(n))  # rounded to true permutations
+
+
+def test_learn_perm_conflicts_with_a_fixed_one():
+    with pytest.raises(ValueError, match="both fixed"):
+        fit_gradient(kfit.targets.get("dct2", 8), chain=("B",), complex=True, real_output=True,
+                     col_perm=bit_reversal(8), learn_perm="in")
