@@ -4,13 +4,17 @@ Cheapest first:
 
 1. a (scaled) permutation -- routed exactly into ``B · B*`` (:mod:`solvers.permutation`);
 2. ``P · B · P`` by closed-form identification (:mod:`solvers.identify`);
-3. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
+3. a circulant (checked to tol) is fitted directly as a complex ``B · B*``; another
+   Toeplitz matrix (constant diagonals) is lifted to the circulant of twice the size,
+   whose ``B · B*`` is fitted, and the corner (expansion 2) is returned;
+4. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
    the time budget, until one reaches ``tol``:
    ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms);
    ``Re(P~ · B* · P~)`` complex with both permutations learned in a structured family
    (:mod:`solvers._permfamily`; relaxed, then rounded -- found the DCT-II at n = 8, not
-   yet reliable beyond); ``B · B*``;
-   ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
+   yet reliable beyond); ``B · B*``; ``B · B*`` complex (fitted without a real part, which
+   is far easier to optimise -- the circulant converges from random starts -- and returned
+   with its real part); ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
 
 Permutations are recovered by identification (step 2), fixed to the bit reversal in the
 rung that names it, or learned in the ``P~`` rung. A target that needs another hidden
@@ -76,6 +80,7 @@ def ladder(n: int, target_is_complex: bool) -> list[dict]:
         dict(chain=("B",), complex=True, real_output=True, col_perm=rev),
         dict(chain=("B*",), complex=True, real_output=True, learn_perm="both", restarts_factor=4),
         dict(chain=("B", "B*")),
+        dict(chain=("B", "B*"), complex=True),
         dict(chain=("B", "B*"), complex=True, real_output=True),
         dict(chain=("B", "B*", "B", "B*"), complex=True, real_output=True),
         dict(chain=("B", "B*"), complex=True, real_output=True, expansion=2),
@@ -96,6 +101,57 @@ def baselines(M: torch.Tensor, n_params: int) -> dict:
     s = torch.linalg.svdvals(A).square()
     lowrank = (s[r:].sum().clamp_min(0).sqrt().item() / norm) if norm > 0 else 0.0
     return {"n_params": n_params, "sparse_entries": k, "sparse_error": sparse, "low_rank": r, "low_rank_error": lowrank}
+
+
+def is_toeplitz(M: torch.Tensor, tol: float) -> bool:
+    """Whether every diagonal of ``M`` is constant to ``tol`` (relative to ||M||_F)."""
+    n = M.shape[0]
+    A = M.to(torch.complex128 if M.is_complex() else torch.float64)
+    c, r = A[:, 0], A[0, :]
+    i = torch.arange(n)
+    d = i[:, None] - i[None, :]
+    T = torch.where(d >= 0, c[d.clamp_min(0)], r[(-d).clamp_min(0)])
+    return bool(torch.linalg.matrix_norm(T - A) <= tol * torch.linalg.matrix_norm(A))
+
+
+def _toeplitz_lift(M, cfg, tol, search, t0):
+    """A Toeplitz ``M`` is the corner of the circulant of size 2n with kernel
+    ``[c_0..c_{n-1}, 0, r_{n-1}..r_1]`` (read from M's first column and row): fit that
+    circulant as a complex ``B · B*`` from random starts and return its corner
+    (expansion 2). The factors are fitted; only the embedding comes from the data."""
+    from kfit import KMatrix
+
+    from .gradient import GradientConfig, fit_gradient
+
+    n = M.shape[0]
+    if n < 2 or not is_toeplitz(M, tol):
+        return None
+    A = M.to(torch.complex128 if M.is_complex() else torch.float64)
+    # A circulant (r_k = c_{n-k}) needs no lifting: B · B* fits it directly.
+    circulant = bool(torch.linalg.vector_norm(A[0, 1:] - A[1:, 0].flip(0)) <= tol * torch.linalg.matrix_norm(A))
+    if circulant:
+        C, expansion, what = A, 1, "circulant fitted as B · B* (complex)"
+    else:
+        kernel = torch.cat([A[:, 0], torch.zeros(1, dtype=A.dtype), A[0, 1:].flip(0)])
+        idx = torch.arange(2 * n)
+        C = kernel[(idx[:, None] - idx[None, :]) % (2 * n)]
+        expansion, what = 2, "Toeplitz lifted to its 2n circulant, fitted as B · B* (complex), corner taken"
+    budget = max(1.0, (cfg.time_budget - (time.perf_counter() - t0)) / 3)
+    gcfg = GradientConfig(
+        chain=("B", "B*"), complex=True, tol=tol, restarts=4 * cfg.restarts, seed=cfg.seed,
+        device=cfg.device, progress=cfg.progress, time_budget=budget,
+    )
+    r = fit_gradient(C, gcfg)
+    K = KMatrix(r.kmatrix.factors, expansion=expansion, real_output=not M.is_complex())
+    from kfit._error import relative_error
+
+    err = relative_error(K, A)
+    r.kmatrix, r.error, r.error_method = K, err.value, err.method
+    r.status = "converged" if err.value <= tol else ("stalled" if r.status == "converged" else r.status)
+    r.message = f"{what}: error {err.value:.2e}"
+    r.info["structure"] = "B · B*" if circulant else "corner[B · B*] (e=2), lifted from the Toeplitz embedding"
+    search.append({"step": "circulant, B · B*" if circulant else "Toeplitz -> circulant 2n, B · B*", "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds})
+    return r
 
 
 def fit(M, config: FitConfig | None = None, **overrides) -> Result:
@@ -136,6 +192,13 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
         r.seconds = time.perf_counter() - t0
         return r
     best = r
+    lifted = _toeplitz_lift(M, cfg, tol, search, t0)
+    if lifted is not None and lifted.status == "converged":
+        lifted.info["search"] = search
+        lifted.seconds = time.perf_counter() - t0
+        return lifted
+    if lifted is not None and lifted.error < best.error:
+        best = lifted
     rungs = ladder(n, M.is_complex())
     if cfg.max_rung is not None:
         rungs = rungs[: cfg.max_rung]

@@ -178,3 +178,26 @@ def test_learn_perm_conflicts_with_a_fixed_one():
     with pytest.raises(ValueError, match="both fixed"):
         fit_gradient(kfit.targets.get("dct2", 8), chain=("B",), complex=True, real_output=True,
                      col_perm=bit_reversal(8), learn_perm="in")
+
+
+@pytest.mark.parametrize("name", ["circulant", "toeplitz"])
+def test_convolutions_fit_from_random_starts(name):
+    n = 16
+    M = kfit.targets.get(name, n, seed=5)
+    r = fit(M, time_budget=200)
+    assert r.status == "converged", r.message
+    rng = np.random.default_rng(5)  # independent reference from the same seed, via scipy
+    if name == "circulant":
+        ref = scipy.linalg.circulant(rng.standard_normal(n))
+    else:
+        ref = M.numpy()
+        assert np.allclose(ref, scipy.linalg.toeplitz(ref[:, 0], ref[0, :]))
+    assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
+    assert r.kmatrix.expansion == (1 if name == "circulant" else 2)
+
+
+def test_is_toeplitz():
+    from solvers.fit import is_toeplitz
+
+    assert is_toeplitz(kfit.targets.get("toeplitz", 8), 1e-14)
+    assert not is_toeplitz(kfit.targets.get("randn", 8), 1e-3)
