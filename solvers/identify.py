@@ -124,31 +124,32 @@ def _partner_scan(A, a0, detect_tol, others=None, chunk=256):
     if others is None:
         others = torch.cat([torch.arange(a0), torch.arange(a0 + 1, m)]).to(A.device)
     half = m // 2
+    x0_2 = _abs2(x0)[None]
     for start in range(0, others.numel(), chunk):
         bs = others[start : start + chunk]
         Y = A[:, bs, :].transpose(0, 1)  # (Bc, nb, m)
-        scale = (_abs2(x0)[None] + _abs2(Y)).mean(-1).sqrt()  # (Bc, nb)
-        thr = detect_tol * scale[..., None]
+        # Squared distances throughout: no square roots over the (Bc, nb, m) arrays.
+        scale2 = (x0_2 + _abs2(Y)).mean(-1)  # (Bc, nb): mean squared entry
+        thr2 = detect_tol**2 * scale2[..., None]
         Yc1 = Y.gather(-1, c1[None, :, None].expand(Y.shape[0], nb, 1))
-        w1 = torch.sqrt(_abs2(x0c1)[None] + _abs2(Yc1))  # (Bc, nb, 1)
-        d1 = (x0c1[None] * Y - x0[None] * Yc1).abs() / w1.clamp_min(1e-300)
-        on1 = d1 <= thr
+        w1 = _abs2(x0c1)[None] + _abs2(Yc1)  # (Bc, nb, 1), squared
+        d1 = _abs2(x0c1[None] * Y - x0[None] * Yc1) / w1.clamp_min(1e-300)
         # The second direction: the column farthest from the first line (not a thresholded
         # choice, so nearly parallel directions are still told apart by the argmin below).
         c2 = d1.argmax(-1, keepdim=True)
         x0c2 = x0[None].expand(Y.shape[0], nb, m).gather(-1, c2)
         Yc2 = Y.gather(-1, c2)
-        w2 = torch.sqrt(_abs2(x0c2) + _abs2(Yc2))
-        d2 = (x0c2 * Y - x0[None] * Yc2).abs() / w2.clamp_min(1e-300)
-        on2 = d2 <= thr
-        covered = (on1 | on2).all(-1).all(-1)  # (Bc,)
+        w2 = _abs2(x0c2) + _abs2(Yc2)
+        d2 = _abs2(x0c2 * Y - x0[None] * Yc2) / w2.clamp_min(1e-300)
+        near = torch.minimum(d1, d2)
+        covered = (near <= thr2).all(-1).all(-1)  # (Bc,): every column on one of the lines
         # Assign each column to its nearer direction; the split must be exactly half/half.
         T = d2 < d1
         balanced = (T.sum(-1) == half).all(-1)
         ok = covered & balanced
         if not bool(ok.any()):
             continue
-        quality = torch.maximum(torch.where(T, d2, d1) / scale[..., None].clamp_min(1e-300), torch.zeros(())).amax((-1, -2))
+        quality = (near / scale2[..., None].clamp_min(1e-300)).amax((-1, -2))
         idx = torch.nonzero(ok).flatten()
         for i in idx[torch.argsort(quality[idx])].tolist():
             yield int(bs[i]), T[i]
