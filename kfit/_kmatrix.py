@@ -216,11 +216,12 @@ class KMatrix(LinearOp):
                 if D is None:
                     right = f if right is None else f @ right
                 else:
-                    D = D[..., f.perm.to(D.device), :]  # (P D)[i] = D[perm[i]]
+                    D = torch.index_select(D, -2, f.perm.to(D.device))  # (P D)[i] = D[perm[i]]
             elif D is None:
                 D = f.to_dense()
-                if right is not None:  # (D P)[:, c] = D[:, perm^-1[c]]
-                    D = D[..., right.inverse().perm.to(D.device)]
+                if right is not None:  # (D P)[:, c] = D[:, perm^-1[c]]: permute every row
+                    N = D.shape[-1]
+                    D = right.inverse()._apply3(D.reshape(1, -1, N), None).reshape(D.shape)
             else:
                 if f.is_complex and not D.is_complex():
                     D = D.to(f.dtype)
