@@ -181,6 +181,9 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `kfit fit ... --json | head`: the reader left early
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, FileNotFoundError) as exc:
         if os.environ.get("KFIT_DEBUG"):
             raise
