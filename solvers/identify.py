@@ -194,8 +194,11 @@ def _split(A, pairs, T_mask, last):
     nb, m, _ = A.shape
     half = m // 2
     order = torch.argsort(T_mask.to(torch.int8), dim=-1, stable=True)
-    R = A[:, pairs.reshape(-1), :].reshape(nb, half, 2, m)  # rows (a_k, b_k)
-    R = R.gather(-1, order[:, None, None, :].expand(nb, half, 2, m)).reshape(nb, half, 2, 2, half)
+    if nb == 1:  # the top depth (n^2 entries): 1-D index_select moves far less index data
+        R = A[0].index_select(0, pairs.reshape(-1)).index_select(1, order[0]).reshape(1, half, 2, 2, half)
+    else:
+        R = A[:, pairs.reshape(-1), :].reshape(nb, half, 2, m)  # rows (a_k, b_k)
+        R = R.gather(-1, order[:, None, None, :].expand(nb, half, 2, m)).reshape(nb, half, 2, 2, half)
     X = R.permute(0, 1, 3, 2, 4)  # (nb, k, h, row, c)
     if last:
         total = _abs2(X).sum()  # 2x1 columns: the block itself is the twiddle, nothing left below
