@@ -34,10 +34,6 @@ def check_power_of_two(n, name: str = "n") -> int:
     return n
 
 
-def next_power_of_two(n: int) -> int:
-    return 1 if n <= 1 else 1 << math.ceil(math.log2(n))
-
-
 def check_float_dtype(dtype, name: str = "dtype") -> torch.dtype:
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(
