@@ -48,8 +48,10 @@ def summary(op) -> dict:
 
 def format_summary(op) -> str:
     s = summary(op)
+    ratio = s["dense_flops"] / max(s["flops"], 1)
+    vs_dense = f"x{ratio:.1f} fewer" if ratio >= 1 else f"x{1 / ratio:.1f} more"
     return (
         f"parameters {s['n_params']:,} (dense {s['dense_params']:,}, ratio {s['params_ratio_vs_dense']:.4f}); "
-        f"FLOPs {s['flops']:,} (dense {s['dense_flops']:,}, x{s['dense_flops'] / max(s['flops'], 1):.1f} fewer; "
+        f"FLOPs {s['flops']:,} (dense {s['dense_flops']:,}, {vs_dense}; "
         f"FFT 5n·log2n = {s['fft_flops']:,.0f}, ratio {s['flops_ratio_vs_fft']:.2f})"
     )
