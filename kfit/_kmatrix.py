@@ -106,11 +106,6 @@ class KMatrix(LinearOp):
 
     # -- properties ------------------------------------------------------------------------
     @property
-    def arithmetic_is_complex(self) -> bool:
-        """Whether any factor computes in complex arithmetic."""
-        return any(f.is_complex or (isinstance(f, KMatrix) and f.arithmetic_is_complex) for f in self.factors if not isinstance(f, Permutation))
-
-    @property
     def dtype(self):
         """The dtype of the matrix (of ``to_dense()``): complex iff the matrix is complex --
         a real-part K-matrix is real even though it computes with complex factors."""
@@ -222,9 +217,7 @@ class KMatrix(LinearOp):
                 if right is not None:  # (D P)[:, c] = D[:, perm^-1[c]]: permute every row
                     N = D.shape[-1]
                     D = right.inverse()._apply3(D.reshape(1, -1, N), None).reshape(D.shape)
-            else:
-                if f.is_complex and not D.is_complex():
-                    D = D.to(f.dtype)
+            else:  # the product promotes a real D for a complex factor
                 D = f(D.transpose(-1, -2)).transpose(-1, -2)
         if D is None:  # permutations only
             D = right.to_dense()
@@ -272,12 +265,6 @@ class KMatrix(LinearOp):
                 out.append(f)
         return out
 
-    def __matmul__(self, other):
-        return compose(self, other)
-
-    def __rmatmul__(self, other):
-        return compose(other, self)
-
 
 def compose(left, right) -> KMatrix:
     """``left @ right`` as one KMatrix, flattened when that is exact, nested otherwise."""
@@ -292,22 +279,3 @@ def compose(left, right) -> KMatrix:
     if a.expansion == 1 and b.expansion == 1 and not b.real_output and not (a.real_output and b.is_complex):
         return KMatrix(a.factors + b.factors, real_output=a.real_output)
     return KMatrix([a, b])
-
-
-def _install_matmul():  # noqa: D401
-    # Every structured type composes with @ into a KMatrix.
-    def __matmul__(self, other):
-        return compose(self, other)
-
-    for cls in (Butterfly, Diagonal):
-        cls.__matmul__ = __matmul__
-    perm_matmul = Permutation.__matmul__
-
-    def perm_mm(self, other):
-        out = perm_matmul(self, other)
-        return compose(self, other) if out is NotImplemented else out
-
-    Permutation.__matmul__ = perm_mm
-
-
-_install_matmul()

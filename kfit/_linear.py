@@ -96,6 +96,17 @@ class LinearOp:
         """The conjugate transpose (``adjoint()``)."""
         return self.adjoint()
 
+    def __matmul__(self, other):
+        """Composition: every structured type composes with ``@`` into a KMatrix."""
+        from ._kmatrix import compose
+
+        return compose(self, other)
+
+    def __rmatmul__(self, other):
+        from ._kmatrix import compose
+
+        return compose(other, self)
+
     def __call__(self, x, *, path: str | None = None) -> torch.Tensor:
         """Apply to a batch of row vectors ``x`` of shape ``(..., n)``; see the module doc.
 

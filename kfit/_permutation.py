@@ -144,7 +144,7 @@ class Permutation(LinearOp):
                 raise ValueError(f"cannot compose permutations of sizes {self.n} and {other.n}")
             # (P Q x)[i] = (Q x)[p[i]] = x[q[p[i]]]
             return Permutation(other.perm[self.perm], dtype=self._dtype, device=self.device)
-        return NotImplemented
+        return super().__matmul__(other)
 
     def to(self, *args, **kwargs):
         dtype, device = resolve_to(args, kwargs, self._dtype, self.device)
