@@ -33,15 +33,15 @@ def _cmd_demo(args) -> int:
 
 
 def _describe_perm(P) -> str:
+    import torch
+
     from ._permutation import Permutation
 
     if P == Permutation.identity(P.n):
         return "identity"
-    if P == Permutation.bit_reversal(P.n):
+    if P == Permutation.bit_reversal(P.n):  # an involution: its inverse is itself
         return "bit reversal"
-    if P == Permutation.bit_reversal(P.n).inverse():
-        return "bit reversal"
-    moved = int((P.perm != __import__("torch").arange(P.n)).sum())
+    moved = int((P.perm != torch.arange(P.n)).sum())
     return f"general ({moved} of {P.n} indices moved)"
 
 

@@ -16,8 +16,8 @@ Method
    densified by recursive doubling, ~2 n^2 work each).
 2. First-order phase: Adam on all starts together (float64), keeping each start's best
    iterate -- Adam drifts away from minima it has reached.
-3. Second-order finish: the best starts are polished one by one with L-BFGS (strong Wolfe
-   line search, float64) until the relative error is below ``tol``, progress stalls, or
+3. Second-order finish: the best starts are polished one by one with Levenberg–Marquardt
+   (matrix-free CG; or L-BFGS with strong Wolfe, ``finish="lbfgs"``), in float64, until the relative error is below ``tol``, progress stalls, or
    the budget of time or iterations is spent. The best iterate is kept.
 
 The result's status: ``"converged"`` (error <= tol), ``"stalled"`` (no progress) or
@@ -291,7 +291,6 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
 
     # -- phase 2: L-BFGS polish of the best starts, one by one ------------------------------
     order = torch.argsort(best_loss).tolist()
-    polished = {}
     rounded_perms = {}
     if model.logits:
         # Round the relaxed permutations of every start; from here on they are fixed.
@@ -318,7 +317,6 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
                 break
             finish = _lm if cfg.finish == "lm" else _lbfgs
             loss_s, params_s, st, step = finish(model, best_params, s, target, norm2, cfg, t0, trace, step, rank)
-            polished[s] = (loss_s, params_s)
             if loss_s < best_loss[s]:
                 best_loss[s] = loss_s
                 for bp, p in zip(best_params, params_s):
