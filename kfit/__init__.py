@@ -12,7 +12,8 @@ from ._kmatrix import KMatrix, compose
 from ._permutation import Diagonal, Permutation
 from . import costs, known, targets
 from ._io import load, load_metadata, save
+from ._export import export
 
 __version__ = "0.1.0"
 
-__all__ = ["Butterfly", "KMatrix", "Permutation", "Diagonal", "compose", "costs", "known", "targets", "save", "load", "load_metadata"]
+__all__ = ["Butterfly", "KMatrix", "Permutation", "Diagonal", "compose", "costs", "known", "targets", "save", "load", "load_metadata", "export"]

@@ -25,8 +25,9 @@ def _encode(op, prefix: str, tensors: dict) -> dict:
     from ._permutation import Diagonal, Permutation
 
     def put(name, t):
-        # A copy per entry: safetensors refuses tensors sharing memory (a factor used twice).
-        t = t.detach().cpu().clone()
+        # A contiguous copy per entry: safetensors refuses tensors sharing memory (a factor
+        # used twice) and non-contiguous ones (a transposed butterfly's twiddles).
+        t = t.detach().cpu().resolve_conj().clone(memory_format=torch.contiguous_format)
         tensors[f"{prefix}.{name}"] = torch.view_as_real(t).clone() if t.is_complex() else t
         return str(t.dtype).replace("torch.", "")
 
@@ -96,12 +97,69 @@ def save(op, path, *, metadata: dict | None = None) -> pathlib.Path:
         text = json.dumps(header)
     except TypeError as exc:
         raise TypeError(f"metadata must be JSON-serialisable: {exc}") from None
-    if not path.parent.exists():
-        raise FileNotFoundError(f"cannot save to {path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"kfit": text}), name="path")
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask is process-wide and not thread-safe)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def atomic_write(path, write, *, name: str = "path") -> pathlib.Path:
+    """Create or replace the file ``path`` atomically; returns ``path`` as a ``pathlib.Path``.
+
+    ``write(tmp)`` is called with the name (a ``str``) of a fresh, empty temporary file in
+    the same directory as ``path`` and must fill it (open it itself, or pass the name to a
+    library writer). The temporary file is then flushed to disk (``fsync``), given the
+    permissions a newly created file would have (``0o666`` minus the umask), and renamed
+    over ``path`` with ``os.replace``. If ``write`` raises -- or the process is interrupted
+    -- the temporary file is removed and ``path`` is untouched: readers see the old file or
+    none, never a torn one.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to create or replace. Its directory must exist and be writable.
+    write : callable ``(str) -> None``
+        Fills the temporary file. Library writers that append a suffix to a *name* (such as
+        ``numpy.savez``) must be given an open file object instead.
+    name : str
+        The argument name used in error messages.
+
+    Raises
+    ------
+    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError
+        With a message naming ``path``, before anything is written.
+    """
+    path = pathlib.Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}={str(path)!r} is a directory; pass a file name inside it, e.g. {str(path / 'out')!r}")
+    if not parent.exists():
+        raise FileNotFoundError(f"cannot write {name}={str(path)!r}: directory {str(parent)!r} does not exist; create it first")
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {name}={str(path)!r}: {str(parent)!r} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot write {name}={str(path)!r}: directory {str(parent)!r} is not writable ({exc.strerror}); "
+            "choose another location"
+        ) from None
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"kfit": text})
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
