@@ -33,9 +33,60 @@ def machine_line(device="cpu") -> str:
     return f"torch {torch.__version__} on {dev.type}: {name}"
 
 
-def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run_time: float = 0.3, out=print):
-    """Time one product on a (batch, n) input: reference path, fused path, dense matmul,
-    and torch.fft.fft for the complex DFT; prints ms and the ratios to the fused path."""
+#: Default sizes of ``kfit bench product``: CPU, and CUDA (the issue's grid, with the kernel).
+PRODUCT_NS_CPU, PRODUCT_BATCH_CPU = (256, 1024, 4096), 1024
+PRODUCT_NS_CUDA, PRODUCT_BATCHES_CUDA = (256, 1024, 4096, 16384), (1, 256, 4096, 65536)
+#: Dense baselines (matmul, nn.Linear) above this many real FLOPs per call are skipped ("-"):
+#: at batch 65536 and n = 16384 one complex matmul is ~1e14 FLOPs, seconds per call.
+DENSE_FLOP_LIMIT = 2e13
+
+
+def _triton_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def bench_product(ns=None, batch=None, device="cpu", min_run_time: float = 0.3, out=print, *,
+                  batches=None, triton: bool | None = None):
+    """Time one product on a (batch, n) input: the paths of the butterfly product beside
+    a dense matmul and torch.fft.fft for the complex DFT.
+
+    Without the Triton kernel (the default on CPU): reference path, fused path, dense
+    matmul, torch.fft; ratios to the fused path; ``ns`` = (256, 1024, 4096), ``batch`` = 1024.
+    With it (the default on CUDA when triton is installed; ``triton=True`` forces it, e.g.
+    on the CPU under TRITON_INTERPRET=1): the kernel, fused, reference, dense, torch.fft and
+    a plain copy of the same bytes (the bandwidth limit), the kernel's GB/s and % of the
+    copy bandwidth, ratios to the kernel; then forward+backward against ``nn.Linear``.
+    ``ns`` = 256 ... 16384 and ``batches`` = 1 ... 65536 by default there.
+    """
+    dev = torch.device(device)
+    if triton is None:
+        triton = dev.type == "cuda" and _triton_importable()
+    if batches is None:
+        batches = (batch,) if batch is not None else (PRODUCT_BATCHES_CUDA if triton else (PRODUCT_BATCH_CPU,))
+    if ns is None:
+        ns = PRODUCT_NS_CUDA if triton else PRODUCT_NS_CPU
+    if triton:
+        return _bench_product_triton(tuple(ns), tuple(batches), dev, min_run_time, out)
+    rows = []
+    for b in batches:
+        rows += _bench_product_plain(tuple(ns), b, dev, min_run_time, out)
+    return rows
+
+
+def _timed(device, min_run_time):
+    def timed(f):
+        def run():
+            f()
+            _sync(device)
+
+        return _timer(run, min_run_time)
+
+    return timed
+
+
+def _bench_product_plain(ns, batch, device, min_run_time, out):
     from . import known
     from ._butterfly import Butterfly
 
@@ -45,6 +96,7 @@ def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run
     out(header)
     rows = []
     g = torch.Generator().manual_seed(0)
+    timed = _timed(device, min_run_time)
     for n in ns:
         for kind in ("real butterfly f32", "complex DFT c64"):
             if kind.startswith("real"):
@@ -55,13 +107,6 @@ def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run
                 dtype = torch.complex64
             x = torch.randn(batch, n, dtype=dtype, generator=g).to(device)
             W = torch.randn(n, n, dtype=dtype, generator=g).to(device)
-
-            def timed(f):
-                def run():
-                    f()
-                    _sync(device)
-
-                return _timer(run, min_run_time)
 
             t_ref = timed(lambda: op(x, path="reference"))
             t_fused = timed(lambda: op(x, path="fused"))
@@ -78,11 +123,123 @@ def bench_product(ns=(256, 1024, 4096), batch: int = 1024, device="cpu", min_run
     return rows
 
 
+def _bench_product_triton(ns, batches, device, min_run_time, out):
+    """The CUDA table: the fused Triton kernel against every other path and the limits."""
+    from . import known
+    from ._butterfly import Butterfly
+
+    nan = float("nan")
+    timed = _timed(device, min_run_time)
+
+    def attempt(f, skip=False):
+        """ms, or nan when skipped (too large) or out of memory."""
+        if skip:
+            return nan
+        try:
+            return timed(f)
+        except torch.cuda.OutOfMemoryError:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return nan
+
+    def ms(v, w=9):
+        return f"{'-':>{w}}" if v != v else f"{v:{w}.3f}"
+
+    def ratio(a, b, w=8):
+        return f"{'-':>{w}}" if a != a or b != b else f"{a / b:{w}.2f}"
+
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    out(f"kfit bench product -- batches {', '.join(map(str, batches))}; {machine_line(device)}")
+    out("ms per product (median). copy = dst.copy_(x) of the same bytes (read x, write y): the bandwidth limit;")
+    out("GB/s and %copy for the kernel (bytes of x + y / time); ratios = baseline ms / kernel ms (>1: kernel faster)")
+    out(f"dense = x @ W.T ({'TF32 allowed' if tf32 else 'full fp32, no TF32'}), skipped ('-') above {DENSE_FLOP_LIMIT:.0e} FLOPs; "
+        "'-' also marks out of memory")
+    out(f"{'n':>6} {'batch':>6} {'kind':<18} {'triton':>9} {'fused':>9} {'reference':>9} {'dense':>9} {'torch.fft':>9} "
+        f"{'copy':>9} {'GB/s':>7} {'%copy':>6} {'dense/k':>8} {'fft/k':>8}")
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for n in ns:
+        for kind in ("real butterfly f32", "cplx butterfly c64", "complex DFT c64"):
+            dtype = torch.float32 if kind.startswith("real") else torch.complex64
+            if kind.startswith("complex DFT"):
+                op = known.dft(n, dtype=dtype, device=device)
+            else:
+                op = Butterfly.random(n, dtype=dtype, generator=g).to(device)
+            cf = 4 if dtype.is_complex else 1  # real FLOPs per scalar multiply-add
+            W = None
+            for batch in batches:
+                try:
+                    x = torch.randn(batch, n, dtype=dtype, generator=g).to(device)
+                    dst = torch.empty_like(x)
+                except torch.cuda.OutOfMemoryError:
+                    out(f"{n:>6} {batch:>6} {kind:<18} out of memory for the input")
+                    continue
+                big = 2 * batch * n * n * cf > DENSE_FLOP_LIMIT
+                if W is None and not big:
+                    W = torch.randn(n, n, dtype=dtype, generator=g).to(device)
+                t_k = attempt(lambda: op(x, path="triton"))
+                t_fused = attempt(lambda: op(x, path="fused"))
+                t_ref = attempt(lambda: op(x, path="reference"))
+                t_dense = attempt(lambda: x @ W.T, skip=big)
+                t_fft = attempt(lambda: torch.fft.fft(x, norm="ortho"), skip=not kind.startswith("complex DFT"))
+                t_copy = attempt(lambda: dst.copy_(x))
+                gbs = 2 * x.numel() * x.element_size() / (t_k * 1e-3) / 1e9
+                pct = 100 * t_copy / t_k
+                out(f"{n:>6} {batch:>6} {kind:<18} {ms(t_k)} {ms(t_fused)} {ms(t_ref)} {ms(t_dense)} {ms(t_fft)} "
+                    f"{ms(t_copy)} {gbs:7.1f} {pct:6.1f} {ratio(t_dense, t_k)} {ratio(t_fft, t_k)}")
+                rows.append(dict(n=n, batch=batch, kind=kind, triton=t_k, fused=t_fused, reference=t_ref,
+                                 dense=t_dense, fft=t_fft, copy=t_copy, gbs=gbs, pct_copy=pct))
+                x = dst = None  # free before the next (larger) batch is allocated
+    rows += _bench_backward(ns, batches, device, timed, attempt, ms, ratio, out)
+    return rows
+
+
+def _bench_backward(ns, batches, device, timed, attempt, ms, ratio, out):
+    """Forward + backward (grads for x and the parameters) against nn.Linear (no bias)."""
+    from ._butterfly import Butterfly
+
+    out("")
+    out("forward + backward (x and parameters require grad), ms; linear = torch.nn.Linear(n, n, bias=False)")
+    out(f"{'n':>6} {'batch':>6} {'kind':<18} {'triton':>9} {'fused':>9} {'linear':>9} {'linear/k':>8} {'fused/k':>8}")
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for n in ns:
+        for kind in ("real butterfly f32", "cplx butterfly c64"):
+            dtype = torch.float32 if kind.startswith("real") else torch.complex64
+            tw = Butterfly.random(n, dtype=dtype, generator=g).twiddle.to(device).requires_grad_()
+            B = Butterfly(tw)
+            cf = 4 if dtype.is_complex else 1
+            lin = None
+            for batch in batches:
+                try:
+                    x = torch.randn(batch, n, dtype=dtype, generator=g).to(device).requires_grad_()
+                    gy = torch.randn(batch, n, dtype=dtype, generator=g).to(device)
+                except torch.cuda.OutOfMemoryError:
+                    out(f"{n:>6} {batch:>6} {kind:<18} out of memory for the input")
+                    continue
+                big = 3 * 2 * batch * n * n * cf > DENSE_FLOP_LIMIT
+                if lin is None and not big:
+                    lin = torch.nn.Linear(n, n, bias=False, dtype=dtype, device=device)
+
+                def step(f):
+                    def run():
+                        x.grad = None
+                        f(x).backward(gy)
+
+                    return run
+
+                t_k = attempt(step(lambda v: B(v, path="triton")))
+                t_fused = attempt(step(lambda v: B(v, path="fused")))
+                t_lin = attempt(step(lambda v: lin(v)), skip=big)
+                out(f"{n:>6} {batch:>6} {kind:<18} {ms(t_k)} {ms(t_fused)} {ms(t_lin)} {ratio(t_lin, t_k)} {ratio(t_fused, t_k)}")
+                rows.append(dict(n=n, batch=batch, kind=kind, backward=True, triton=t_k, fused=t_fused, linear=t_lin))
+                x = gy = None
+    return rows
+
+
 def bench_identify(ns=(256, 1024, 4096), repeats: int = 3, out=print):
     """Time ``solvers.identify`` on the DFT under random row and column permutations,
     beside one dense matmul of the same size (complex128) for scale."""
-    import time
-
     import solvers
 
     from . import targets

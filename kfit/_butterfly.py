@@ -156,7 +156,12 @@ class Butterfly(LinearOp):
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
-        if _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1]) == "fused":
+        chosen = _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1])
+        if chosen == "triton":
+            from ._triton import butterfly_triton  # imports triton: only on this path
+
+            return butterfly_triton(x, tw, self.increasing)
+        if chosen == "fused":
             ws = self.__dict__.setdefault("_workspace", {})
             return _products.apply_fused_blocks(x, self._fused_blocks(tw), self.increasing, ws)
         return _products.butterfly_reference(x, tw, self.increasing)

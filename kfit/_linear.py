@@ -110,8 +110,10 @@ class LinearOp:
     def __call__(self, x, *, path: str | None = None) -> torch.Tensor:
         """Apply to a batch of row vectors ``x`` of shape ``(..., n)``; see the module doc.
 
-        ``path`` picks the product implementation ("auto", "reference", "fused");
-        the environment variable ``KFIT_PRODUCT_PATH`` sets the default.
+        ``path`` picks the product implementation: "auto" (default: the Triton kernel on
+        CUDA tensors when triton is installed, else "fused" for n >= 16 and 8+ vectors,
+        else "reference"), "reference", "fused" or "triton" (CUDA tensors, or the CPU
+        under ``TRITON_INTERPRET=1``); ``KFIT_PRODUCT_PATH`` sets the default.
         """
         x3, out_shape = self._canonical_input(x)
         y = self._apply3(x3, path)

@@ -20,6 +20,7 @@ Two paths compute the same thing:
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -234,18 +235,43 @@ def apply_fused_blocks(x: torch.Tensor, blocks, increasing: bool, workspace: dic
 FUSED_MIN_ROWS = 8
 
 
+@functools.lru_cache(maxsize=None)
+def _has_triton() -> bool:
+    """Whether triton can be imported (looked up once, without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def resolve_path(path: str | None, n: int, device: torch.device, rows: int | None = None) -> str:
-    """Pick the product path: explicit argument > $KFIT_PRODUCT_PATH > automatic."""
+    """Pick the product path: explicit argument > $KFIT_PRODUCT_PATH > automatic.
+
+    "auto": the fused Triton kernel for CUDA tensors when triton is installed; otherwise
+    the fused-matmul path, or the per-level reference for tiny products. "triton" runs on
+    CUDA, or on the CPU under the Triton interpreter (TRITON_INTERPRET=1, for tests).
+    """
     chosen = path if path is not None else os.environ.get("KFIT_PRODUCT_PATH", "auto")
+    source = "path" if path is not None else "$KFIT_PRODUCT_PATH"
     if chosen not in _PATHS:
-        source = "path" if path is not None else "$KFIT_PRODUCT_PATH"
         raise ValueError(f"{source} must be one of {', '.join(_PATHS)}, got {chosen!r}")
+    device = torch.device(device)
     if chosen == "triton":
-        raise NotImplementedError(
-            "path='triton' (the fused GPU kernel) is not available yet; "
-            "use 'fused' or 'reference'"
-        )
+        if not _has_triton():
+            raise ValueError(
+                f"{source}='triton' needs the triton package, which is not installed: "
+                f"pip install kfit[gpu] (or pick path='fused')"
+            )
+        interpret = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+        if device.type != "cuda" and not (device.type == "cpu" and interpret):
+            raise ValueError(
+                f"{source}='triton' expects CUDA tensors (or CPU tensors with TRITON_INTERPRET=1, the "
+                f"slow Triton interpreter used by the tests), got tensors on {device}: move them with "
+                f".to('cuda'), set TRITON_INTERPRET=1 before the first triton product, or use path='fused'"
+            )
+        return "triton"
     if chosen == "auto":
+        if device.type == "cuda" and _has_triton():
+            return "triton"
         few = rows is not None and rows < FUSED_MIN_ROWS
         return "fused" if n >= FUSED_MIN_N and not few else "reference"
     return chosen
