@@ -116,8 +116,9 @@ def _cmd_bench(args) -> int:
     from . import _bench
 
     if args.what == "product":
-        ns = tuple(args.n) if args.n else (256, 1024, 4096)
-        _bench.bench_product(ns=ns, batch=args.batch, device=args.device, min_run_time=args.min_time)
+        # defaults by device: CPU n = 256 1024 4096, batch 1024; CUDA the issue's grid with the kernel
+        _bench.bench_product(ns=tuple(args.n) if args.n else None, batch=args.batch, device=args.device,
+                             min_run_time=args.min_time, batches=tuple(args.batches) if args.batches else None)
         return 0
     if args.what == "fit":
         ns = tuple(args.n) if args.n else (8, 16, 32, 64, 128, 256)
@@ -129,6 +130,98 @@ def _cmd_bench(args) -> int:
         _bench.bench_identify(ns=ns, repeats=args.repeats)
         return 0
     raise SystemExit(f"kfit bench: unknown benchmark {args.what!r}")
+
+
+def _cmd_catalog(args) -> int:
+    import json
+
+    from . import catalog
+
+    root = args.root
+    if args.action == "build":
+        names = tuple(t.strip() for t in args.targets.split(",")) if args.targets else catalog.CATALOG_TARGETS
+        if args.max_n < args.min_n:
+            raise ValueError(f"--max-n ({args.max_n}) must be at least --min-n ({args.min_n})")
+        ns = tuple(n for n in (2 ** k for k in range(1, 31)) if args.min_n <= n <= args.max_n)
+        if not ns:
+            raise ValueError(f"no power of two lies in [--min-n {args.min_n}, --max-n {args.max_n}]")
+        counts = catalog.build(names, ns, root=root, device=args.device, time_budget=args.time_budget,
+                               restarts=args.restarts, force=args.force, keep_going=args.keep_going,
+                               progress=sys.stderr.isatty())
+        print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items()) + f"; catalog at {catalog._root(root)}")
+        return 0
+    if args.action == "list":
+        rows = catalog.rows(root)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        if not rows:
+            print(f"the catalog at {catalog._root(root)} is empty (build it with `kfit catalog build`)")
+            return 0
+        print(f"{'entry':<34} {'n':>5} {'structure':<22} {'error':>9} {'params':>9} {'FLOPs':>10} {'compr.':>7} {'speed-up':>8}")
+        for r in rows:
+            sp = "-" if r["speedup_vs_dense"] is None else f"{r['speedup_vs_dense']:.2f}x"
+            print(f"{r['entry']:<34} {r['n']:>5} {r['structure']:<22} {r['error']:9.1e} {r['n_params']:>9,} "
+                  f"{r['flops']:>10,} {r['compression']:6.1f}x {sp:>8}")
+        return 0
+    if args.action == "show":
+        if not args.entry:
+            raise ValueError("kfit catalog show needs ENTRY (see `kfit catalog list`)")
+        m = catalog.manifest(args.entry[0], root)
+        if args.json:
+            print(json.dumps(m, indent=1))
+            return 0
+        print(catalog.describe(m))
+        return 0
+    if args.action == "verify":
+        checks = catalog.verify(root, args.entry or None)
+        for c in checks:
+            print(c.line())
+        bad = [c for c in checks if not c.ok]
+        print(f"{len(checks) - len(bad)} of {len(checks)} entries hold" + (f"; {len(bad)} FAIL" if bad else ""))
+        if not checks:
+            print(f"nothing to verify: the catalog at {catalog._root(root)} is empty")
+            return 1
+        return 1 if bad else 0
+    raise ValueError(f"unknown catalog action {args.action!r}")
+
+
+def _load_entry_or_file(what: str, root):
+    """ENTRY arguments: a catalog entry name, or the path of a .kfit file."""
+    from pathlib import Path
+
+    from . import catalog
+    from ._io import load
+
+    if Path(what).suffix in (".kfit", ".safetensors") or Path(what).is_file():
+        return load(what), None
+    return catalog.load(what, root), catalog.manifest(what, root)
+
+
+def _cmd_export(args) -> int:
+    from ._export import export
+
+    K, _ = _load_entry_or_file(args.entry, args.root)
+    path = export(K, args.output, format=args.format)
+    print(f"wrote {path} ({args.format or 'format from the suffix'}): {K.structure()}, n = {K.n}")
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from . import catalog, plot
+
+    if args.entry == "catalog":
+        rows = catalog.rows(args.root)
+        if not rows:
+            raise ValueError(f"the catalog at {catalog._root(args.root)} is empty: nothing to plot (run `kfit catalog build`)")
+        plot.plot_catalog(rows, path=args.output)
+    else:
+        K, m = _load_entry_or_file(args.entry, args.root)
+        trace = [tuple(t) for t in m.get("trace", [])] if m else None
+        title = f"{m['name']}: {m['structure']['formula']}, error {m['error']['value']:.1e}" if m else f"{args.entry}: {K.structure()}"
+        plot.plot_factors(K, trace=trace or None, title=title, path=args.output)
+    print(f"wrote {args.output}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,11 +258,41 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--time-budget", type=float, default=600.0, help="fit: seconds per case (default 600)")
     b.add_argument("--restarts", type=int, default=8, help="fit: random starts (default 8)")
     b.add_argument("--repeats", type=int, default=3, help="identify: runs per size (best is kept)")
-    b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096)")
-    b.add_argument("--batch", type=int, default=1024)
+    b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096; product on cuda: 256 ... 16384)")
+    b.add_argument("--batch", type=int, help="product: vectors per product (default 1024; on cuda see --batches)")
+    b.add_argument("--batches", type=int, nargs="*", help="product: several batch sizes (default on cuda: 1 256 4096 65536)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--min-time", type=float, default=0.3, help="seconds of timing per measurement")
     b.set_defaults(func=_cmd_bench)
+
+    c = sub.add_parser("catalog", help="the catalog of recovered factorizations: build, list, show, verify")
+    c.add_argument("action", choices=["build", "list", "show", "verify"])
+    c.add_argument("entry", nargs="*", help="show: the entry; verify: entries to check (default all)")
+    c.add_argument("--root", help="catalog directory (default $KFIT_CATALOG or the repository's catalog/)")
+    c.add_argument("--targets", help="build: comma-separated targets (default: " + "dft,idft,hadamard,dct2,dst2,dct4,hartley,circulant,toeplitz,permutation)")
+    c.add_argument("--min-n", type=int, default=8, help="build: smallest size (default 8)")
+    c.add_argument("--max-n", type=int, default=1024, help="build: largest size (default 1024)")
+    c.add_argument("--device", default="cpu", help="build: device of the solvers (cpu, cuda)")
+    c.add_argument("--time-budget", type=float, default=300.0, help="build: seconds per entry (default 300)")
+    c.add_argument("--restarts", type=int, default=8, help="build: random starts per gradient fit (default 8)")
+    c.add_argument("--force", action="store_true", help="build: redo entries that exist and verify")
+    c.add_argument("--keep-going", action="store_true", help="build: try larger n after a target failed at a smaller one")
+    c.add_argument("--json", action="store_true", help="list/show: JSON output")
+    c.set_defaults(func=_cmd_catalog)
+
+    e = sub.add_parser("export", help="export a catalog entry (or a .kfit file) for use elsewhere")
+    e.add_argument("entry", help="a catalog entry name (kfit catalog list) or a .kfit file")
+    e.add_argument("--format", choices=["kfit", "safetensors", "npz", "torch", "mat"],
+                   help="kfit/safetensors (lossless, kfit.load), npz or mat (scipy.sparse factors), torch (KLinear); default: from the suffix")
+    e.add_argument("-o", "--output", required=True, help="the file to write")
+    e.add_argument("--root", help="catalog directory")
+    e.set_defaults(func=_cmd_export)
+
+    pl = sub.add_parser("plot", help="plot an entry's factors and trace, or the whole catalog ('catalog')")
+    pl.add_argument("entry", help="a catalog entry, a .kfit file, or 'catalog'")
+    pl.add_argument("-o", "--output", required=True, help="the image to write (.png, .pdf, .svg)")
+    pl.add_argument("--root", help="catalog directory")
+    pl.set_defaults(func=_cmd_plot)
     return p
 
 
