@@ -245,6 +245,9 @@ def test_cli_export_and_plot_an_entry(cat, tmp_path, capsys):
     assert np.linalg.norm(S.to_dense() - M) / np.linalg.norm(M) < 1e-15
     assert cli(["export", "dft-16-bc", "-o", str(out), "--root", str(root)]) == 2
     assert "close matches" in capsys.readouterr().err
+    assert cli(["export", "dft-16-bc-p", "-o", str(tmp_path / "dft.xyz"), "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "--format" in err and ".xyz" in err and not (tmp_path / "dft.xyz").exists()
     png = tmp_path / "entry.png"
     assert cli(["plot", "dft-16-bc-p", "-o", str(png), "--root", str(root)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
