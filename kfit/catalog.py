@@ -24,6 +24,8 @@ Public API
 root()                      the default catalog directory
 names(root=None)            entry names
 manifest(name, root=None)   the manifest dict (unknown names: error with close matches)
+describe(manifest)          a readable summary of a manifest (``kfit catalog show``)
+tensor_path(name, root=None)    the entry's tensor file
 load(name, root=None)       the KMatrix, after checking the sha256
 rows(root=None)             the index rows (dicts), as in index.json
 verify(root=None, only=None)    re-check every entry; a list of :class:`Check`
@@ -49,8 +51,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "CATALOG_TARGETS", "root", "names", "manifest", "load", "rows", "verify", "build", "write_index",
-    "entry_name", "record", "Check",
+    "CATALOG_TARGETS", "root", "names", "manifest", "describe", "tensor_path", "load", "rows", "verify", "build",
+    "write_index", "entry_name", "record", "Check",
 ]
 
 MANIFEST_VERSION = 1
