@@ -86,6 +86,16 @@ def _abs2(x):
     return x.real.square() + x.imag.square() if x.is_complex() else x.square()
 
 
+def _sumsq(x, dim):
+    """``_abs2(x).sum(dim)`` as a norm reduction: no full-size temporaries (~10-20x faster
+    on large complex blocks); the square of the root costs an ulp or two."""
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if x.is_complex():
+        dims = tuple(d - 1 if d < 0 else d for d in dims) + (-1,)  # the re/im axis is last
+        x = torch.view_as_real(x)
+    return torch.linalg.vector_norm(x, dim=dims).square()
+
+
 def _top_eigvec(p, q, r):
     """Unit top eigenvector and smallest eigenvalue of [[p, q], [conj q, r]] (batched)."""
     half_diff = (p - r) / 2
@@ -124,12 +134,12 @@ def _partner_scan(A, a0, detect_tol, others=None, chunk=256):
     if others is None:
         others = torch.cat([torch.arange(a0), torch.arange(a0 + 1, m)]).to(A.device)
     half = m // 2
-    x0_2 = _abs2(x0)[None]
+    x0_ss = _sumsq(x0, -1)[None]  # (1, nb)
     for start in range(0, others.numel(), chunk):
         bs = others[start : start + chunk]
         Y = A[:, bs, :].transpose(0, 1)  # (Bc, nb, m)
         # Squared distances throughout: no square roots over the (Bc, nb, m) arrays.
-        scale2 = (x0_2 + _abs2(Y)).mean(-1)  # (Bc, nb): mean squared entry
+        scale2 = (x0_ss + _sumsq(Y, -1)) / m  # (Bc, nb): mean squared entry
         thr2 = detect_tol**2 * scale2[..., None]
         Yc1 = Y.gather(-1, c1[None, :, None].expand(Y.shape[0], nb, 1))
         w1 = _abs2(x0c1)[None] + _abs2(Yc1)  # (Bc, nb, 1), squared
@@ -195,17 +205,19 @@ def _split(A, pairs, T_mask, last):
     half = m // 2
     order = torch.argsort(T_mask.to(torch.int8), dim=-1, stable=True)
     if nb == 1:  # the top depth (n^2 entries): 1-D index_select moves far less index data
-        R = A[0].index_select(0, pairs.reshape(-1)).index_select(1, order[0]).reshape(1, half, 2, 2, half)
+        rows = A[0].index_select(0, pairs.reshape(-1))  # whole rows: a memcpy each
+        # columns: gather with a broadcast index (3x faster than index_select along dim 1)
+        R = torch.gather(rows, 1, order[0].expand(m, m)).reshape(1, half, 2, 2, half)
     else:
         R = A[:, pairs.reshape(-1), :].reshape(nb, half, 2, m)  # rows (a_k, b_k)
         R = R.gather(-1, order[:, None, None, :].expand(nb, half, 2, m)).reshape(nb, half, 2, 2, half)
     X = R.permute(0, 1, 3, 2, 4)  # (nb, k, h, row, c)
     if last:
-        total = _abs2(X).sum()  # 2x1 columns: the block itself is the twiddle, nothing left below
+        total = _sumsq(X, tuple(range(X.dim())))  # 2x1 columns: the block itself is the twiddle, nothing left below
         u = X[..., 0]  # (nb, k, h, row)
         return u.transpose(-1, -2).reshape(nb * half, 2, 2), None, X.new_zeros(()).real, total, order
-    p = _abs2(X[..., 0, :]).sum(-1)
-    r = _abs2(X[..., 1, :]).sum(-1)
+    p = _sumsq(X[..., 0, :], -1)
+    r = _sumsq(X[..., 1, :], -1)
     q = (X[..., 0, :] * X[..., 1, :].conj()).sum(-1)
     total = (p + r).sum()
     u, lam_min = _top_eigvec(p, q, r)
@@ -304,7 +316,7 @@ def _candidate_splits(blocks, detect_tol, max_tries, rng, search_rows, search_co
         if pairs is not None:
             yield pairs, T_mask
         return
-    energy = _abs2(blocks).sum((0, 2))
+    energy = _sumsq(blocks, (0, 2))
     if not search_rows:
         # Rows known (pairs (k, k + m/2)): one known pair gives the column partition.
         pairs, _ = _natural(nb, m, device)
