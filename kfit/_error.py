@@ -53,6 +53,40 @@ def _diff_norm(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(parts))
 
 
+def _outer_permutations(op):
+    """``op = P_out · core · P_in`` with permutations at the ends: ``(core, rows, cols)``
+    such that ``op[i, c] = core[rows[i], cols[c]]`` (None where there is no permutation);
+    None when ``op`` has no such form (or the form would not save anything)."""
+    from ._kmatrix import KMatrix
+    from ._permutation import Permutation
+
+    if not isinstance(op, KMatrix) or op.expansion != 1 or op.real_output or len(op.factors) < 2:
+        return None
+    fs = list(op.factors)
+    rows = fs.pop(0).perm if isinstance(fs[0], Permutation) else None
+    cols = fs.pop().inverse().perm if fs and isinstance(fs[-1], Permutation) else None
+    if (rows is None and cols is None) or not fs or any(isinstance(f, Permutation) for f in fs):
+        return None
+    core = fs[0] if len(fs) == 1 else KMatrix(fs)
+    return core, rows, cols
+
+
+def _diff_norm_permuted(D: torch.Tensor, rows, cols, M: torch.Tensor) -> torch.Tensor:
+    """``||P_out D P_in - M||_F`` (see :func:`_outer_permutations`), the permuted matrix
+    formed a cache-sized chunk of rows at a time instead of as two n x n copies."""
+    dtype = torch.promote_types(D.dtype, M.dtype)
+    n_rows, n_cols = M.shape
+    step = max(1, _DIFF_CHUNK_BYTES // max(1, n_cols * dtype.itemsize))
+    parts = []
+    for i in range(0, n_rows, step):
+        j = min(i + step, n_rows)
+        chunk = D[i:j] if rows is None else D.index_select(0, rows[i:j].to(D.device))
+        if cols is not None:
+            chunk = torch.gather(chunk, 1, cols.to(D.device).expand(j - i, n_cols))
+        parts.append(_fro(chunk.to(dtype) - M[i:j]))
+    return torch.linalg.vector_norm(torch.stack(parts))
+
+
 def relative_error(op, M: torch.Tensor, *, method: str = "auto", probes: int = 32, seed: int = 0) -> ErrorReport:
     """Relative Frobenius error of a structured operator ``op`` against the dense ``M``.
 
@@ -66,6 +100,12 @@ def relative_error(op, M: torch.Tensor, *, method: str = "auto", probes: int = 3
     wide = op.to(torch.complex128 if op.dtype.is_complex else torch.float64)
     Mw = _wide(M).to(wide.device)
     if method == "dense":
+        split = _outer_permutations(wide)
+        if split is not None and Mw.ndim == 2 and not Mw.requires_grad:
+            core, rows, cols = split
+            D = core.to_dense()
+            if D.ndim == 2 and D.shape == Mw.shape and not D.requires_grad:
+                return ErrorReport((_diff_norm_permuted(D, rows, cols, Mw) / _fro(Mw)).item(), "dense float64")
         K = wide.to_dense()
         if K.ndim == 2 and Mw.ndim == 2 and K.shape == Mw.shape and not (K.requires_grad or Mw.requires_grad):
             val = (_diff_norm(K, Mw) / _fro(Mw)).item()

@@ -177,11 +177,17 @@ def _pair_rows(A, T_mask, rng):
     tm = T_mask[0].cpu().numpy()
     k = min(4, half)
     cplx = np.iscomplexobj(Z)
+    # Both halves' random projections in one product with Z (zero rows for the other
+    # half's columns): Z[:, cols] would copy half the matrix twice.
+    G = np.zeros((m, 2 * k), dtype=Z.dtype)
+    ws = []
+    for j, cols in enumerate((np.flatnonzero(~tm), np.flatnonzero(tm))):
+        G[cols, j * k : (j + 1) * k] = rng.standard_normal((half, k)) + (1j * rng.standard_normal((half, k)) if cplx else 0)
+        ws.append(rng.standard_normal(k) + (1j * rng.standard_normal(k) if cplx else 0))
+    projected = Z @ G
     parts = []
-    for cols in (np.flatnonzero(~tm), np.flatnonzero(tm)):
-        G = rng.standard_normal((half, k)) + (1j * rng.standard_normal((half, k)) if cplx else 0)
-        w = rng.standard_normal(k) + (1j * rng.standard_normal(k) if cplx else 0)
-        keys = Z[:, cols] @ G
+    for j, w in enumerate(ws):
+        keys = projected[:, j * k : (j + 1) * k]
         s = keys @ w
         mag = np.abs(s)
         unit = np.where(mag > 0, np.conj(s) / np.where(mag > 0, mag, 1), 0)
@@ -223,10 +229,14 @@ def _split(A, pairs, T_mask, last):
     u, lam_min = _top_eigvec(p, q, r)
     u = _fix_phase(u)
     uc = u.conj()[..., None]
-    v = uc[..., 0, :] * X[..., 0, :]  # (nb, k, h, c): u^H X without a full-size temporary
-    v += uc[..., 1, :] * X[..., 1, :]
+    # v = u^H X, written straight into the next depth's (nb, h, k, c) layout through a
+    # permuted view (no reordering copy), the second term fused in place (no temporary).
+    out = X.new_empty((nb, 2, half, half))
+    v = out.permute(0, 2, 1, 3)  # (nb, k, h, c)
+    torch.mul(uc[..., 0, :], X[..., 0, :], out=v)
+    v.addcmul_(uc[..., 1, :], X[..., 1, :])
     tw = u.transpose(-1, -2).reshape(nb * half, 2, 2)  # [row, half]
-    new_blocks = v.permute(0, 2, 1, 3).reshape(2 * nb, half, half)
+    new_blocks = out.reshape(2 * nb, half, half)
     return tw, new_blocks, lam_min.sum(), total, order
 
 
