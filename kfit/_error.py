@@ -27,29 +27,43 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.complex128 if t.is_complex() else torch.float64)
 
 
-def _fro(t: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm in one pass (complex entries as pairs of reals: no |z| temporary)."""
-    return torch.linalg.vector_norm(torch.view_as_real(t) if t.is_complex() else t)
+def _fro(t: torch.Tensor, dim=None) -> torch.Tensor:
+    """Frobenius norm in one pass (complex entries as pairs of reals: no |z| temporary);
+    over the dimensions ``dim`` (an int or a tuple; None: all) when given."""
+    if dim is None:
+        return torch.linalg.vector_norm(torch.view_as_real(t) if t.is_complex() else t)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if t.is_complex():  # the re/im axis of the real view is last
+        dims = tuple(d - 1 if d < 0 else d for d in dims) + (-1,)
+        t = torch.view_as_real(t)
+    return torch.linalg.vector_norm(t, dim=dims)
 
 
 #: Rows of ``K - M`` formed at a time by :func:`_diff_norm` (a cache-sized scratch buffer).
 _DIFF_CHUNK_BYTES = 4 * 2**20
 
 
-def _diff_norm(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``||K - M||_F`` for 2-D K, M without materialising the n x n difference: the large
-    matrices are read once, the difference lives in a small reused buffer."""
+def _diff_norm(K: torch.Tensor, M: torch.Tensor, rows=None, cols=None) -> torch.Tensor:
+    """``||K' - M||_F`` for 2-D K, M without materialising the n x n difference: the large
+    matrices are read once, the difference lives in a small reused buffer.
+
+    ``K' = K``, or with ``rows``/``cols`` (see :func:`_outer_permutations`) the permuted
+    ``K'[i, c] = K[rows[i], cols[c]]``, formed a chunk of rows at a time instead of as two
+    n x n copies.
+    """
     dtype = torch.promote_types(K.dtype, M.dtype)
     n_rows, n_cols = M.shape
-    rows = max(1, _DIFF_CHUNK_BYTES // max(1, n_cols * dtype.itemsize))
-    if rows >= n_rows:
+    step = max(1, _DIFF_CHUNK_BYTES // max(1, n_cols * dtype.itemsize))
+    if step >= n_rows and rows is None and cols is None:
         return _fro(K.to(dtype) - M)
-    buf = torch.empty((rows, n_cols), dtype=dtype, device=M.device)
+    buf = torch.empty((min(step, n_rows), n_cols), dtype=dtype, device=M.device)
     parts = []
-    for i in range(0, n_rows, rows):
-        j = min(i + rows, n_rows)
-        d = torch.sub(K[i:j], M[i:j], out=buf[: j - i])
-        parts.append(_fro(d))
+    for i in range(0, n_rows, step):
+        j = min(i + step, n_rows)
+        chunk = K[i:j] if rows is None else K.index_select(0, rows[i:j].to(K.device))
+        if cols is not None:
+            chunk = torch.gather(chunk, 1, cols.to(K.device).expand(j - i, n_cols))
+        parts.append(_fro(torch.sub(chunk, M[i:j], out=buf[: j - i])))
     return torch.linalg.vector_norm(torch.stack(parts))
 
 
@@ -71,22 +85,6 @@ def _outer_permutations(op):
     return core, rows, cols
 
 
-def _diff_norm_permuted(D: torch.Tensor, rows, cols, M: torch.Tensor) -> torch.Tensor:
-    """``||P_out D P_in - M||_F`` (see :func:`_outer_permutations`), the permuted matrix
-    formed a cache-sized chunk of rows at a time instead of as two n x n copies."""
-    dtype = torch.promote_types(D.dtype, M.dtype)
-    n_rows, n_cols = M.shape
-    step = max(1, _DIFF_CHUNK_BYTES // max(1, n_cols * dtype.itemsize))
-    parts = []
-    for i in range(0, n_rows, step):
-        j = min(i + step, n_rows)
-        chunk = D[i:j] if rows is None else D.index_select(0, rows[i:j].to(D.device))
-        if cols is not None:
-            chunk = torch.gather(chunk, 1, cols.to(D.device).expand(j - i, n_cols))
-        parts.append(_fro(chunk.to(dtype) - M[i:j]))
-    return torch.linalg.vector_norm(torch.stack(parts))
-
-
 def relative_error(op, M: torch.Tensor, *, method: str = "auto", probes: int = 32, seed: int = 0) -> ErrorReport:
     """Relative Frobenius error of a structured operator ``op`` against the dense ``M``.
 
@@ -100,16 +98,15 @@ def relative_error(op, M: torch.Tensor, *, method: str = "auto", probes: int = 3
     wide = op.to(torch.complex128 if op.dtype.is_complex else torch.float64)
     Mw = _wide(M).to(wide.device)
     if method == "dense":
-        split = _outer_permutations(wide)
-        if split is not None and Mw.ndim == 2 and not Mw.requires_grad:
-            core, rows, cols = split
-            D = core.to_dense()
-            if D.ndim == 2 and D.shape == Mw.shape and not D.requires_grad:
-                return ErrorReport((_diff_norm_permuted(D, rows, cols, Mw) / _fro(Mw)).item(), "dense float64")
-        K = wide.to_dense()
+        # P_out · core · P_in: the permutations are applied chunk by chunk in _diff_norm.
+        split = _outer_permutations(wide) if Mw.ndim == 2 else None
+        core, rows, cols = split if split is not None else (wide, None, None)
+        K = core.to_dense()
         if K.ndim == 2 and Mw.ndim == 2 and K.shape == Mw.shape and not (K.requires_grad or Mw.requires_grad):
-            val = (_diff_norm(K, Mw) / _fro(Mw)).item()
+            val = (_diff_norm(K, Mw, rows, cols) / _fro(Mw)).item()
             return ErrorReport(val, "dense float64")
+        if split is not None:
+            K = wide.to_dense()
         diff = K.to(torch.promote_types(K.dtype, Mw.dtype)) - Mw
         num = torch.linalg.matrix_norm(diff)
         den = torch.linalg.matrix_norm(Mw)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from kfit._error import _fro
+
 from ._result import Result
 
 
@@ -89,11 +91,7 @@ def _abs2(x):
 def _sumsq(x, dim):
     """``_abs2(x).sum(dim)`` as a norm reduction: no full-size temporaries (~10-20x faster
     on large complex blocks); the square of the root costs an ulp or two."""
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    if x.is_complex():
-        dims = tuple(d - 1 if d < 0 else d for d in dims) + (-1,)  # the re/im axis is last
-        x = torch.view_as_real(x)
-    return torch.linalg.vector_norm(x, dim=dims).square()
+    return _fro(x, dim).square()
 
 
 def _top_eigvec(p, q, r):
