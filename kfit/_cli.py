@@ -201,14 +201,16 @@ def _load_entry_or_file(what: str, root):
 def _cmd_export(args) -> int:
     from pathlib import Path
 
-    from ._export import _SUFFIXES, export
+    from ._export import _SUFFIXES, _resolve_format, export
 
-    suffix = Path(args.output).suffix.lower()
-    if args.format is None and suffix not in _SUFFIXES:
+    try:  # before loading anything; worded for the command line
+        _resolve_format(Path(args.output), args.format)
+    except ValueError:
+        suffix = Path(args.output).suffix.lower()
         raise ValueError(
             f"-o {args.output}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
             f"use a suffix {', '.join(_SUFFIXES)} or pass --format (kfit, npz, mat or torch)"
-        )
+        ) from None
     K, _ = _load_entry_or_file(args.entry, args.root)
     path = export(K, args.output, format=args.format)
     print(f"wrote {path} ({args.format or 'format from the suffix'}): {K.structure()}, n = {K.n}")

@@ -493,10 +493,10 @@ def _note_failure(r, target, n, result, time_budget) -> None:
 
 
 def _clear_failure(r, target, n) -> None:
-    fails = _failures(r)
-    keep = [f for f in fails if not (f["target"] == target and f["n"] == n)]
-    if len(keep) != len(fails):
-        with _locked(r):
+    with _locked(r):  # read and rewrite under one lock: another writer may be adding a failure
+        fails = _failures(r)
+        keep = [f for f in fails if not (f["target"] == target and f["n"] == n)]
+        if len(keep) != len(fails):
             _atomic_write_text(_root(r) / "attempts.json", json.dumps({"not_recovered": keep}, indent=1) + "\n")
 
 
