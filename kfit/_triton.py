@@ -123,21 +123,22 @@ def _tw(tw_lv, p, E: tl.constexpr, C: tl.constexpr, TWC: tl.constexpr, HALF: tl.
 
 
 @triton.jit
+def _tw4(tw_lv, p, C: tl.constexpr, TWC: tl.constexpr, HALF: tl.constexpr):
+    """Component C (0: real, 1: imaginary) of the four entries t00, t01, t10, t11."""
+    return (_tw(tw_lv, p, 0, C, TWC, HALF), _tw(tw_lv, p, 1, C, TWC, HALF),
+            _tw(tw_lv, p, 2, C, TWC, HALF), _tw(tw_lv, p, 3, C, TWC, HALF))
+
+
+@triton.jit
 def _level_fwd(xr, xi, tw_lv, pbase, R: tl.constexpr, G: tl.constexpr, H: tl.constexpr, S: tl.constexpr,
                BB: tl.constexpr, HALF: tl.constexpr, CPLX: tl.constexpr, TWC: tl.constexpr):
     """One level on the tile: (x[i], x[i+s]) -> (t00 x[i] + t01 x[i+s], t10 x[i] + t11 x[i+s])."""
     p = _pair_index(pbase, S, G, H, BB)
     x0r, x1r = _pairs(xr, R, G, H, BB)
-    t00r = _tw(tw_lv, p, 0, 0, TWC, HALF)
-    t01r = _tw(tw_lv, p, 1, 0, TWC, HALF)
-    t10r = _tw(tw_lv, p, 2, 0, TWC, HALF)
-    t11r = _tw(tw_lv, p, 3, 0, TWC, HALF)
+    t00r, t01r, t10r, t11r = _tw4(tw_lv, p, 0, TWC, HALF)
     if CPLX:
         x0i, x1i = _pairs(xi, R, G, H, BB)
-        t00i = _tw(tw_lv, p, 0, 1, TWC, HALF)
-        t01i = _tw(tw_lv, p, 1, 1, TWC, HALF)
-        t10i = _tw(tw_lv, p, 2, 1, TWC, HALF)
-        t11i = _tw(tw_lv, p, 3, 1, TWC, HALF)
+        t00i, t01i, t10i, t11i = _tw4(tw_lv, p, 1, TWC, HALF)
         y0r = t00r * x0r - t00i * x0i + t01r * x1r - t01i * x1i
         y0i = t00r * x0i + t00i * x0r + t01r * x1i + t01i * x1r
         y1r = t10r * x0r - t10i * x0i + t11r * x1r - t11i * x1i
@@ -167,10 +168,7 @@ def _level_bwd(ar, ai, gr, gi, tw_lv, part_lv, pbase, R: tl.constexpr, G: tl.con
     p = _pair_index(pbase, S, G, H, BB)
     a0r, a1r = _pairs(ar, R, G, H, BB)
     g0r, g1r = _pairs(gr, R, G, H, BB)
-    t00r = _tw(tw_lv, p, 0, 0, TWC, HALF)
-    t01r = _tw(tw_lv, p, 1, 0, TWC, HALF)
-    t10r = _tw(tw_lv, p, 2, 0, TWC, HALF)
-    t11r = _tw(tw_lv, p, 3, 0, TWC, HALF)
+    t00r, t01r, t10r, t11r = _tw4(tw_lv, p, 0, TWC, HALF)
     if CPLX:
         a0i, a1i = _pairs(ai, R, G, H, BB)
         g0i, g1i = _pairs(gi, R, G, H, BB)
@@ -183,10 +181,7 @@ def _level_bwd(ar, ai, gr, gi, tw_lv, part_lv, pbase, R: tl.constexpr, G: tl.con
         _acc(part_lv, p, tl.sum(g1i * a0r - g1r * a0i, 0), 2, 1, TWC, HALF)
         _acc(part_lv, p, tl.sum(g1r * a1r + g1i * a1i, 0), 3, 0, TWC, HALF)
         _acc(part_lv, p, tl.sum(g1i * a1r - g1r * a1i, 0), 3, 1, TWC, HALF)
-        t00i = _tw(tw_lv, p, 0, 1, TWC, HALF)
-        t01i = _tw(tw_lv, p, 1, 1, TWC, HALF)
-        t10i = _tw(tw_lv, p, 2, 1, TWC, HALF)
-        t11i = _tw(tw_lv, p, 3, 1, TWC, HALF)
+        t00i, t01i, t10i, t11i = _tw4(tw_lv, p, 1, TWC, HALF)
         # conj(t) g = (tr gr + ti gi) + i (tr gi - ti gr)
         n0r = t00r * g0r + t00i * g0i + t10r * g1r + t10i * g1i
         n0i = t00r * g0i - t00i * g0r + t10r * g1i - t10i * g1r
