@@ -204,7 +204,28 @@ class Butterfly(LinearOp):
         t = self.transpose()
         return Butterfly(t.twiddle.conj().resolve_conj(), increasing=t.increasing) if self.is_complex else t
 
+    def inverse(self) -> "Butterfly":
+        """``B^{-1}``: levels reversed, each 2x2 block inverted, stride order flipped.
 
+        The inverse of a butterfly is a butterfly of the opposite stride order (a ``B``
+        inverts to a ``B*``). Raises ValueError naming the first singular block.
+        """
+        t = self.twiddle.flip(-4)
+        det = t[..., 0, 0] * t[..., 1, 1] - t[..., 0, 1] * t[..., 1, 0]
+        scale = t.abs().amax((-1, -2))
+        bad = ~(det.abs() > 1e-14 * scale.square())
+        if bool(bad.any()):
+            where = torch.nonzero(bad)[0].tolist()
+            level, pair = self.log_n - 1 - where[-2], where[-1]
+            raise ValueError(
+                f"this Butterfly is singular: the 2x2 block of level {level} (stride "
+                f"{self.strides[level]}), pair {pair} has determinant {complex(det[tuple(where)]):.3g}; "
+                "only a butterfly whose blocks are all invertible has an inverse"
+            )
+        inv = torch.stack(
+            (torch.stack((t[..., 1, 1], -t[..., 0, 1]), -1), torch.stack((-t[..., 1, 0], t[..., 0, 0]), -1)), -2
+        ) / det[..., None, None]
+        return Butterfly(inv, increasing=not self.increasing)
 
     def to(self, *args, **kwargs) -> "Butterfly":
         """Move/cast the twiddles (``torch.Tensor.to`` arguments; a dtype sets the precision,

@@ -71,6 +71,8 @@ def _cmd_fit(args) -> int:
         result = solvers.identify(M, **overrides)
     elif args.solver == "permutation":
         result = solvers.route_permutation(M)
+    elif args.solver == "spectral":
+        result = solvers.spectral(M, **overrides)
     elif args.solver == "gradient":
         chain = tuple(args.chain.split()) if args.chain else ("B", "B*")
         result = solvers.fit_gradient(
@@ -246,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="recover a fast algorithm (K-matrix) for a target matrix")
     f.add_argument("target", help="a registry name (kfit.targets.names()) or a .npy/.npz file")
     f.add_argument("-n", type=int, help="size, for a registry name")
-    f.add_argument("--solver", default="auto", choices=["auto", "identify", "gradient", "permutation"],
-                   help="auto (default): permutation, identification, then gradient fits of growing structure")
+    f.add_argument("--solver", default="auto", choices=["auto", "identify", "spectral", "gradient", "permutation"],
+                   help="auto (default): permutation, identification, spectral identification, then gradient fits of growing structure")
     f.add_argument("--chain", help="gradient: butterflies in matrix order, e.g. 'B B*' (default) or 'B B* B B*'")
     f.add_argument("--complex", action="store_true", help="gradient: complex twiddles")
     f.add_argument("--real-output", action="store_true", help="gradient: fit the real part (DCT/DST/Hartley)")

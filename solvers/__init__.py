@@ -8,11 +8,13 @@ from .identify import IdentifyConfig, identify
 from .fit import FitConfig, baselines, fit
 from .gradient import GradientConfig, fit_gradient
 from .permutation import PermutationConfig, detect_permutation, route_permutation
+from .spectral import SpectralConfig, spectral
 
 __all__ = [
     "Result",
     "IdentifyConfig", "identify",
     "PermutationConfig", "detect_permutation", "route_permutation",
+    "SpectralConfig", "spectral",
     "GradientConfig", "fit_gradient",
     "FitConfig", "fit", "baselines",
 ]

@@ -282,6 +282,31 @@ def test_transpose_and_adjoint(n, cplx, increasing, rng):
     assert B.H.H.increasing is increasing
 
 
+@pytest.mark.parametrize("increasing", [True, False], ids=["inc", "dec"])
+@pytest.mark.parametrize("cplx", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("n", [2, 8, 64])
+def test_inverse(n, cplx, increasing, rng):
+    tw = random_twiddles(rng, n, complex_=cplx)
+    A = butterfly_dense(tw, increasing)
+    Binv = Butterfly(torch.from_numpy(tw), increasing=increasing).inverse()
+    assert Binv.increasing is (not increasing)
+    # against numpy's dense inverse, from the twiddles of the new butterfly
+    ref = np.linalg.inv(A)
+    assert rel_err(butterfly_dense(to_numpy(Binv.twiddle), Binv.increasing), ref) <= 1e-10
+    assert rel_err(Binv.to_dense() @ torch.from_numpy(A), np.eye(n)) <= 1e-10
+
+
+def test_inverse_batched_and_singular(rng):
+    tw = random_twiddles(rng, 16, batch=(3,), complex_=True)
+    B = Butterfly(torch.from_numpy(tw))
+    ref = np.linalg.inv(batched_butterfly_dense(tw, True))
+    assert rel_err(B.inverse().to_dense(), ref) <= 1e-10
+    tw1 = tw[1].copy()
+    tw1[2, 5] = [[1.0, 2.0], [2.0, 4.0]]  # a rank-one block: level 2, pair 5
+    with pytest.raises(ValueError, match=r"singular.*level 2 \(stride 4\), pair 5"):
+        Butterfly(torch.from_numpy(tw1)).inverse()
+
+
 def test_transpose_batched(rng):
     n, batch = 16, (2, 3)
     tw = random_twiddles(rng, n, batch=batch, complex_=True)
