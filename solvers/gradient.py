@@ -17,8 +17,15 @@ Method
 2. First-order phase: Adam on all starts together (float64), keeping each start's best
    iterate -- Adam drifts away from minima it has reached.
 3. Second-order finish: the best starts are polished one by one with Levenberg–Marquardt
-   (matrix-free CG; or L-BFGS with strong Wolfe, ``finish="lbfgs"``), in float64, until the relative error is below ``tol``, progress stalls, or
-   the budget of time or iterations is spent. The best iterate is kept.
+   (or L-BFGS with strong Wolfe, ``finish="lbfgs"``), in float64, until the relative
+   error is below ``tol``, progress stalls, or the budget of time or iterations is spent.
+   The best iterate is kept. LM solves ``(J^T J + lam D) d = -J^T r`` by conjugate
+   gradients, matrix-free (one forward- and one reverse-mode product per iteration), with
+   ``D = diag(J^T J)`` computed exactly from row and column norms of partial products
+   (:func:`_gn_diag`) as Marquardt's scaling and as the Jacobi preconditioner, and an
+   inexact-Newton stopping rule for CG (relative residual ``min(0.1, sqrt(error))``).
+   Measured: Hartley n = 64 polishes in 1.5 s instead of 10.5 s; n = 128 converges in
+   ~17 s where the unscaled LM with a fixed 60 CG steps stalled at 1.5e-6 after 400 s.
 
 The result's status: ``"converged"`` (error <= tol), ``"stalled"`` (no progress) or
 ``"budget"`` (time or iterations spent); non-convergence never raises.
@@ -63,7 +70,10 @@ class GradientConfig:
         (Gauss–Newton products by forward- and reverse-mode autodiff; default: measured to
         reach 1e-12 where L-BFGS crawls linearly), or L-BFGS with strong Wolfe.
     lm_steps, cg_iters : int
-        Levenberg–Marquardt steps per polished start, CG iterations per step.
+        Levenberg–Marquardt steps per polished start; the most CG iterations per step
+        (each step stops earlier, at its forcing term).
+    lm_patience : int
+        LM steps without a 10% gain before a start counts as stalled.
     lbfgs_iters : int
         L-BFGS iterations per polished start (in rounds of 50).
     tol : float
@@ -91,7 +101,8 @@ class GradientConfig:
     polish: int = 3
     finish: str = "lm"
     lm_steps: int = 60
-    cg_iters: int = 60
+    cg_iters: int = 250
+    lm_patience: int = 8
     lbfgs_iters: int = 2000
     tol: float = 1e-12
     time_budget: float = 600.0
@@ -409,9 +420,84 @@ class _Polish:
         self.bar.close()
 
 
+def _gn_diag(model, params) -> torch.Tensor:
+    """The diagonal of ``J^T J`` (flat, in ``theta``'s order), exact.
+
+    The derivative of ``K`` by the entry ``(a, b)`` of a 2x2 block is the outer product of
+    column ``i_a`` of everything left of that level and row ``i_b`` of everything right of
+    it, so its squared norm is a product of a column norm and a row norm. One sweep from
+    each side over all levels gives them all in O(levels · n · N). With ``real_output``,
+    for ``u = a + ib`` (the column) and ``v = c + id`` (the row):
+    ``||Re(u v^T)||^2 = |a|^2 |c|^2 + |b|^2 |d|^2 - 2 (a·b)(c·d)`` for the real part of the
+    twiddle and ``||Im(u v^T)||^2 = |a|^2 |d|^2 + |b|^2 |c|^2 + 2 (a·b)(c·d)`` for its
+    imaginary part.
+    """
+    cfg, N, n = model.cfg, model.N, model.n
+    L = N.bit_length() - 1
+    tws = model.twiddles([p.detach() for p in params])  # (1, L, N/2, 2, 2), complex or real
+    dtype = tws[0].dtype
+    rows = model.rows[:n] if model.rows is not None else torch.arange(n, device=tws[0].device)
+    cols = model.cols[:n] if model.cols is not None else torch.arange(n, device=tws[0].device)
+    eye = torch.eye(N, dtype=dtype, device=tws[0].device)
+    seq = []  # (butterfly, storage level, pair indices i, stride) in matrix order, left to right
+    p_idx = torch.arange(N // 2, device=tws[0].device)
+    for b, (tw, inc) in enumerate(zip(tws, model.increasing)):
+        for level in reversed(range(L)):
+            st = (1 << level) if inc else N >> (level + 1)
+            seq.append((b, level, (p_idx // st) * 2 * st + p_idx % st, st))
+    left = []  # squared column norms of E_rows · A_1 ... A_{t-1}
+    X = eye[rows]  # (n, N)
+    for b, level, i, st in seq:
+        left.append(_norm_parts(X, 0))
+        t = tws[b][0, level]
+        xi, xj = X[:, i], X[:, i + st]
+        X = X.clone()
+        X[:, i] = xi * t[:, 0, 0] + xj * t[:, 1, 0]
+        X[:, i + st] = xi * t[:, 0, 1] + xj * t[:, 1, 1]
+    right = [None] * len(seq)  # squared row norms of A_{t+1} ... A_m · E_cols
+    Y = eye[:, cols]  # (N, n)
+    for k in reversed(range(len(seq))):
+        b, level, i, st = seq[k]
+        right[k] = _norm_parts(Y, 1)
+        t = tws[b][0, level]
+        yi, yj = Y[i], Y[i + st]
+        Y = Y.clone()
+        Y[i] = t[:, 0, 0, None] * yi + t[:, 0, 1, None] * yj
+        Y[i + st] = t[:, 1, 0, None] * yi + t[:, 1, 1, None] * yj
+    out = [torch.zeros(p.shape[1:], dtype=torch.float64, device=p.device) for p in params]
+    for k, (b, level, i, st) in enumerate(seq):
+        idx = torch.stack((i, i + st))  # (2, N/2): output / input index of entry a / b
+        # (N/2, a, b) arrays of the column parts (left) and row parts (right)
+        aa, bb, ab = (q[idx].T[:, :, None] for q in left[k])
+        cc, dd, cd = (q[idx].T[:, None, :] for q in right[k])
+        if not cfg.complex:
+            out[b][level] = aa * cc
+        elif cfg.real_output:
+            out[b][level] = torch.stack((aa * cc + bb * dd - 2 * ab * cd, aa * dd + bb * cc + 2 * ab * cd), -1)
+        else:
+            full = (aa + bb) * (cc + dd)
+            out[b][level] = torch.stack((full, full), -1)
+    return torch.cat([o.reshape(-1) for o in out])
+
+
+def _norm_parts(X, dim):
+    """``(|Re X|^2, |Im X|^2, Re X · Im X)`` summed over ``dim`` (zeros for real X)."""
+    if not X.is_complex():
+        z = torch.zeros(X.shape[1 - dim], dtype=X.dtype, device=X.device)
+        return X.square().sum(dim), z, z
+    a, b = X.real, X.imag
+    return a.square().sum(dim), b.square().sum(dim), (a * b).sum(dim)
+
+
 def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
-    """Levenberg–Marquardt on start ``s``: solve (J^T J + lam I) d = -J^T r by CG, where
-    J^T J v is one forward-mode and one reverse-mode product (never forming J)."""
+    """Levenberg–Marquardt on start ``s``: solve (J^T J + lam D) d = -J^T r by CG, where
+    J^T J v is one forward-mode and one reverse-mode product (never forming J) and
+    D = diag(J^T J) (Marquardt's scaling, also the CG preconditioner).
+
+    The inner solve stops at relative residual ``min(0.1, sqrt(error))`` (an inexact
+    Newton forcing term: cheap steps far away, accurate ones near the solution, where a
+    fixed iteration count would turn the quadratic convergence of Gauss–Newton linear)
+    or after ``cg_iters`` iterations."""
     from torch.func import jvp, vjp
 
     shapes = [bp[s : s + 1].shape for bp in best_params]
@@ -428,23 +514,27 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     theta = torch.cat([bp[s].reshape(-1) for bp in best_params]).detach().clone()
     r = residual(theta)
     loss = float(r @ r)
-    lam = 1e-3 * max(loss, 1e-30) ** 0.5
-    book = _Polish(cfg, t0, trace, step, f"LM start {rank + 1}/{cfg.polish}", cfg.lm_steps, patience=8)
+    lam = 1e-3
+    book = _Polish(cfg, t0, trace, step, f"LM start {rank + 1}/{cfg.polish}", cfg.lm_steps, patience=cfg.lm_patience)
     book.update(loss, theta.clone, steps=0)
     for _ in range(cfg.lm_steps):
         r, vjp_fn = vjp(residual, theta)
         g = vjp_fn(r)[0]
+        diag = _gn_diag(model, unflat(theta)) / norm2
+        floor = 1e-12 * float(diag.max())  # gauge directions (rescalings between levels) have none
+        damp = lam * (diag + floor)
 
         def normal(v):
             jv = jvp(residual, (theta,), (v,))[1]
-            return vjp_fn(jv)[0] + lam * v
+            return vjp_fn(jv)[0] + damp * v
 
-        trial = theta + _cg(normal, -g, cfg.cg_iters)
+        forcing = min(0.1, math.sqrt(math.sqrt(max(loss, 0.0))))
+        trial = theta + _cg(normal, -g, cfg.cg_iters, precond=1.0 / (diag + floor + damp), rtol=forcing)
         r_new = residual(trial)
         new = float(r_new @ r_new)
         if math.isfinite(new) and new < loss:  # accept: trust the quadratic model more
             theta, loss = trial, new
-            lam = max(lam / 3, 1e-30)
+            lam = max(lam / 3, 1e-12)
         else:
             lam *= 4
         if book.update(loss, theta.clone):
@@ -453,23 +543,26 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step
 
 
-def _cg(matvec, b, iters):
-    """Conjugate gradients for a symmetric positive definite operator, from x = 0."""
+def _cg(matvec, b, iters, precond=None, rtol=1e-10):
+    """(Preconditioned) conjugate gradients for a symmetric positive definite operator,
+    from x = 0, until ``||b - A x|| <= rtol ||b||`` or ``iters`` iterations."""
     x = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
-    rr = r @ r
-    stop = 1e-20 * rr
+    z = r * precond if precond is not None else r
+    p = z.clone()
+    rz = r @ z
+    stop = (rtol * float(b.norm())) ** 2
     for _ in range(iters):
         Ap = matvec(p)
-        alpha = rr / (p @ Ap)
+        alpha = rz / (p @ Ap)
         x += alpha * p
         r -= alpha * Ap
-        rr_new = r @ r
-        if rr_new <= stop:
+        if float(r @ r) <= stop:
             break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        z = r * precond if precond is not None else r
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p
+        rz = rz_new
     return x
 
 

@@ -120,6 +120,20 @@ def test_auto_fits_hartley_and_records_the_search():
     assert steps[0] == "identify P·B·P" and len(steps) >= 2
 
 
+def test_auto_retries_the_closest_rungs_with_new_seeds():
+    M = kfit.targets.get("randn", 8, seed=2)
+    r = fit(M, time_budget=60, restarts=2, max_rung=3, rounds=2, retry_rungs=2)
+    assert not r.success
+    grad = [s for s in r.info["search"] if s["solver"] == "gradient"]
+    first, retried = grad[:3], grad[3:]
+    assert len(retried) == 2 and all("(round 2, seed 7919)" in s["step"] for s in retried)
+    # the retried rungs are the two closest of the first round, closest first
+    ranked = sorted(first, key=lambda s: s["error"])[:2]
+    assert [s["step"].split(" (round")[0] for s in retried] == [s["step"] for s in ranked]
+    once = fit(M, time_budget=60, restarts=2, max_rung=3, rounds=1)
+    assert len([s for s in once.info["search"] if s["solver"] == "gradient"]) == 3
+
+
 def test_auto_reports_baselines_when_nothing_fits():
     M = kfit.targets.get("randn", 16)
     r = fit(M, time_budget=6, restarts=2, max_rung=1)
@@ -203,3 +217,50 @@ def test_is_toeplitz():
 
     assert is_toeplitz(kfit.targets.get("toeplitz", 8), 1e-14)
     assert not is_toeplitz(kfit.targets.get("randn", 8), 1e-3)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(chain=("B", "B*")),
+        dict(chain=("B", "B*"), complex=True),
+        dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(8)),
+        dict(chain=("B", "B*"), complex=True, real_output=True, expansion=2),
+        dict(chain=("B*",), row_perm=[3, 1, 4, 0, 6, 2, 7, 5], col_perm=[7, 6, 5, 4, 0, 1, 2, 3]),
+    ],
+    ids=["real", "complex", "re-perm", "re-expansion", "perms"],
+)
+def test_gauss_newton_diagonal_matches_the_jacobian(kw):
+    # LM's scaling/preconditioner diag(J^T J), computed from column and row norms of
+    # partial products, against the brute-force Jacobian by autograd.
+    from solvers.gradient import _build, _gn_diag
+
+    cfg = GradientConfig(restarts=1, **kw)
+    model = _build(kfit.targets.get("dct2", 8).to(torch.float64), cfg)
+    params = [p.detach()[0:1] for p in model.params]
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+    theta = torch.cat([p.reshape(-1) for p in params])
+
+    def res(th):
+        K = model.dense([c.reshape(sh) for c, sh in zip(torch.split(th, sizes), shapes)])
+        return torch.view_as_real(K).reshape(-1) if K.is_complex() else K.reshape(-1)
+
+    J = torch.autograd.functional.jacobian(res, theta)
+    assert rel(_gn_diag(model, params).numpy(), J.square().sum(0).numpy()) <= 1e-12
+
+
+def test_preconditioned_cg_solves_spd_systems():
+    from solvers.gradient import _cg
+
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((40, 40))
+    A = A @ A.T + np.diag(10.0 ** rng.uniform(-3, 3, 40))  # badly scaled
+    b = rng.standard_normal(40)
+    At = torch.from_numpy(A)
+    x_ref = np.linalg.solve(A, b)
+    for pre in (None, 1 / torch.from_numpy(np.diag(A).copy())):
+        x = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=pre, rtol=1e-13)
+        assert rel(x.numpy(), x_ref) <= 1e-8
+    # the forcing term: a loose rtol stops early with that relative residual
+    x = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=None, rtol=0.1)
+    assert np.linalg.norm(b - A @ x.numpy()) <= 0.1 * np.linalg.norm(b)
