@@ -102,3 +102,22 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     return obj
+
+
+def square_target(M, tol):
+    """A solver's input, checked once: ``(M, n, single, tol)``.
+
+    ``M`` as a square torch matrix of power-of-two size (``kfit._matrix_input.as_matrix``
+    accepts arrays, tensors and .npy paths and names the argument in its errors);
+    ``single`` whether it is float32/complex64; ``tol`` the given tolerance or the default
+    for the precision (1e-12 for float64/complex128, 1e-5 for single precision).
+    """
+    import torch
+
+    from kfit._matrix_input import as_matrix
+    from kfit._validate import check_power_of_two
+
+    M = as_matrix(M, "M")
+    n = check_power_of_two(M.shape[0], "M.shape[0]")
+    single = M.dtype in (torch.float32, torch.complex64)
+    return M, n, single, (tol if tol is not None else (1e-5 if single else 1e-12))

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ._result import Result
+from ._result import Result, square_target
 
 
 @dataclass(frozen=True)
@@ -134,11 +134,11 @@ def is_toeplitz(M: torch.Tensor, tol: float) -> bool:
 
 def _toeplitz_lift(M, cfg, tol, search, t0):
     """A Toeplitz ``M`` is the corner of the circulant of size 2n with kernel
-    ``[c_0..c_{n-1}, 0, r_{n-1}..r_1]`` (read from M's first column and row): fit that
-    circulant as a complex ``B · B*`` from random starts and return its corner
-    (expansion 2). The factors are fitted; only the embedding comes from the data."""
-    from kfit import KMatrix
-
+    ``[c_0..c_{n-1}, 0, r_{n-1}..r_1]`` (read from M's first column and row): identify
+    that circulant spectrally (:mod:`solvers.spectral`) or, failing that, fit it as a
+    complex ``B · B*`` from random starts, and return its corner (expansion 2). A
+    circulant ``M`` reaches here only when spectral identification failed on it (repeated
+    eigenvalues): it is fitted directly. Only the embedding comes from the data."""
     from .gradient import GradientConfig, fit_gradient
 
     n = M.shape[0]
@@ -201,8 +201,6 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     which), with ``info["search"]`` listing every step tried (structure, status, error,
     seconds); or the best result found, with ``info["baselines"]``.
     """
-    from kfit._matrix_input import as_matrix
-    from kfit._validate import check_power_of_two
 
     from .gradient import GradientConfig, fit_gradient
     from .identify import identify
@@ -211,10 +209,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
 
     t0 = time.perf_counter()
     cfg = replace(config or FitConfig(), **overrides)
-    M = as_matrix(M, "M")
-    n = check_power_of_two(M.shape[0], "M.shape[0]")
-    single = M.dtype in (torch.float32, torch.complex64)
-    tol = cfg.tol if cfg.tol is not None else (1e-5 if single else 1e-12)
+    M, n, single, tol = square_target(M, cfg.tol)
     search = []
 
     def record(r, what):

@@ -41,7 +41,7 @@ import torch
 
 from kfit._error import _fro
 
-from ._result import Result
+from ._result import Result, square_target
 
 
 @dataclass(frozen=True)
@@ -384,16 +384,11 @@ def identify(M, config: IdentifyConfig | None = None, **overrides) -> Result:
     """
     from kfit import Butterfly, KMatrix, Permutation
     from kfit._error import relative_error
-    from kfit._matrix_input import as_matrix
-    from kfit._validate import check_power_of_two
 
     t0 = time.perf_counter()
     cfg = replace(config or IdentifyConfig(), **overrides)
-    M = as_matrix(M, "M")
-    n = check_power_of_two(M.shape[0], "M.shape[0]")
+    M, n, single, tol = square_target(M, cfg.tol)
     in_dtype = M.dtype
-    single = in_dtype in (torch.float32, torch.complex64)
-    tol = cfg.tol if cfg.tol is not None else (1e-5 if single else 1e-12)
     detect_tol = cfg.detect_tol if cfg.detect_tol is not None else (1e-3 if single else 1e-6)
     A = M.to(torch.complex128 if M.is_complex() else torch.float64)
     if cfg.row_perm is None and cfg.col_perm is None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ._result import Result
+from ._result import Result, square_target
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,12 @@ def spectral(M, config: SpectralConfig | None = None, **overrides) -> Result:
     import kfit
     from kfit import KMatrix
     from kfit._error import relative_error
-    from kfit._matrix_input import as_matrix
-    from kfit._validate import check_power_of_two
 
     from .identify import identify
 
     t0 = time.perf_counter()
     cfg = replace(config or SpectralConfig(), **overrides)
-    M = as_matrix(M, "M")
-    n = check_power_of_two(M.shape[0], "M.shape[0]")
-    single = M.dtype in (torch.float32, torch.complex64)
-    tol = cfg.tol if cfg.tol is not None else (1e-5 if single else 1e-12)
+    M, n, single, tol = square_target(M, cfg.tol)
     A = M.to(torch.complex128 if M.is_complex() else torch.float64)
     dtype = str(M.dtype).replace("torch.", "")
 
