@@ -278,8 +278,9 @@ FIT_TARGETS = ("dft", "idft", "hadamard", "dct2", "dst2", "dct4", "hartley", "ci
 
 
 def bench_fit(ns=(8, 16, 32, 64, 128, 256), targets=FIT_TARGETS, time_budget=600.0, restarts=8, device="cpu", out=print):
-    """Run the automatic search (``solvers.fit``) on the issue's targets from random
-    initialisation; print status, error, structure, parameters and wall time per case."""
+    """Run the automatic search (``solvers.fit``: closed-form and spectral identification,
+    then gradient fits from random starts) on the issue's targets; print status, error,
+    structure, parameters, wall time and the solver that answered, per case."""
     import solvers
 
     from . import targets as registry
