@@ -141,7 +141,10 @@ def spectral(M, config: SpectralConfig | None = None, **overrides) -> Result:
     P_out = r.kmatrix.factors[0] if isinstance(r.kmatrix.factors[0], kfit.Permutation) else None
     # W = B^{-1} P_out^T M P_out B is diagonal for an exact factorization; dense products
     # (O(n^3), like the eigendecomposition) keep the check independent of the fast paths.
-    Binv = B.inverse()
+    try:
+        Binv = B.inverse()
+    except ValueError as e:  # eigenvectors are independent, so only rounding gets here
+        return fail(f"the identified eigenvector butterfly is numerically singular: {e}", **info)
     core = A.to(B.dtype)
     if P_out is not None:
         Pd = P_out.to_dense().to(B.dtype)
