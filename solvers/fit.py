@@ -134,6 +134,11 @@ def is_toeplitz(M: torch.Tensor, tol: float) -> bool:
     return bool(torch.linalg.matrix_norm(T - A) <= tol * torch.linalg.matrix_norm(A))
 
 
+def _step(r, what) -> dict:
+    """One entry of ``info["search"]``: the step tried and how it ended."""
+    return {"step": what, "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds}
+
+
 def _toeplitz_lift(M, cfg, tol, search, t0):
     """A Toeplitz ``M`` is the corner of the circulant of size 2n with kernel
     ``[c_0..c_{n-1}, 0, r_{n-1}..r_1]`` (read from M's first column and row): identify
@@ -160,20 +165,17 @@ def _toeplitz_lift(M, cfg, tol, search, t0):
         from .spectral import spectral
 
         r = spectral(C, tol=tol, seed=cfg.seed)
-        search.append({"step": "Toeplitz -> circulant 2n, spectral", "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds})
+        search.append(_step(r, "Toeplitz -> circulant 2n, spectral"))
         if r.kmatrix is not None:
             return _corner(r, M, A, tol, "Toeplitz lifted to its 2n circulant, identified spectrally, corner taken")
     budget = max(1.0, (cfg.time_budget - (time.perf_counter() - t0)) / 3)
-    # cg_iters 200 (default 60): with 60 CG steps per LM step the circulant of n = 64
-    # stalls at 3e-11; with 200 it converges (1e-13 in ~30 s). Elsewhere the longer inner
-    # solves cost more than they gain (DCT-II n = 16: 47 -> 78 s), so only this rung.
     gcfg = GradientConfig(
         chain=("B", "B*"), complex=True, tol=tol, restarts=4 * cfg.restarts, seed=cfg.seed,
-        device=cfg.device, progress=cfg.progress, time_budget=budget, cg_iters=200,
+        device=cfg.device, progress=cfg.progress, time_budget=budget,
     )
     r = fit_gradient(C, gcfg)
     r = _corner(r, M, A, tol, what, expansion)
-    search.append({"step": "circulant, B · B*" if circulant else "Toeplitz -> circulant 2n, B · B*", "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds})
+    search.append(_step(r, "circulant, B · B*" if circulant else "Toeplitz -> circulant 2n, B · B*"))
     return r
 
 
@@ -215,7 +217,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     search = []
 
     def record(r, what):
-        search.append({"step": what, "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds})
+        search.append(_step(r, what))
 
     found = detect_permutation(M)
     if found is not None:
