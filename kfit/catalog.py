@@ -599,7 +599,8 @@ def build(targets=CATALOG_TARGETS, ns=tuple(2 ** k for k in range(3, 11)), *, ro
             else:
                 M = T.get(t, n)
                 t0 = time.perf_counter()
-                res = solvers.fit(M, time_budget=time_budget, restarts=restarts, seed=seed, device=device, progress=False)
+                # progress: the fit's own bars (best error so far) appear under the entry bar
+                res = solvers.fit(M, time_budget=time_budget, restarts=restarts, seed=seed, device=device, progress=progress)
                 if res.success:
                     name = record(res, t, n, {}, root=root, device=device, settings=settings)
                     _clear_failure(root, t, n)
