@@ -11,7 +11,8 @@ spells the butterflies in matrix order, e.g. ``("B", "B*")`` for BB* or
 Method
 ------
 1. Many random starts at once: every twiddle tensor carries a leading batch dimension of
-   ``restarts`` independent starts (one process, one device); the loss of each start is
+   ``restarts`` independent starts (one process, one device), each level's 2x2 blocks
+   Haar-random unitary (orthogonal) by default; the loss of each start is
    ``||K_s - M||_F^2 / ||M||_F^2``, computed from the dense products (butterflies are
    densified by recursive doubling, ~2 n^2 work each).
 2. First-order phase: Adam on all starts together (float64), keeping each start's best
@@ -62,6 +63,9 @@ class GradientConfig:
         (relaxed during the first-order phase, rounded, then fixed for the finish).
     restarts : int
         Random starts fitted at once (a batch dimension).
+    init : "unitary" or "gaussian"
+        Distribution of the starts' 2x2 blocks (:func:`_random_blocks`): Haar-random
+        unitary (orthogonal when real) blocks by default.
     adam_steps, adam_lr : first-order phase.
     polish : int
         How many of the best starts the second-order phase polishes.
@@ -96,6 +100,7 @@ class GradientConfig:
     learn_perm: str = "none"
     perm_penalty: float = 0.1
     restarts: int = 16
+    init: str = "unitary"
     adam_steps: int = 1000
     adam_lr: float = 0.02
     polish: int = 3
@@ -185,11 +190,7 @@ def _build(M: torch.Tensor, cfg: GradientConfig) -> _Model:
     for kind in cfg.chain:
         if kind not in ("B", "B*"):
             raise ValueError(f"chain entries must be 'B' or 'B*', got {kind!r}")
-        shape = (cfg.restarts, L, N // 2, 2, 2) + ((2,) if cfg.complex else ())
-        # Random orthogonal-ish scale: each 2x2 block ~ N(0, 1/2) (complex: 1/4 per part),
-        # so products keep unit scale on average at any depth.
-        scale = 1 / math.sqrt(2) / (math.sqrt(2) if cfg.complex else 1)
-        p = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(cfg.device)
+        p = _random_blocks((cfg.restarts, L, N // 2), cfg.complex, cfg.init, g).to(cfg.device)
         params.append(p.requires_grad_(True))
         inc.append(kind == "B")
     model = _Model(params, inc, cfg, n, N)
@@ -217,6 +218,33 @@ def _build(M: torch.Tensor, cfg: GradientConfig) -> _Model:
             raise ValueError(f"col_perm has length {P.n}, expected {N}")
         model.cols, model.cols_perm = P.inverse().perm.to(cfg.device), P.perm
     return model
+
+
+def _random_blocks(batch: tuple, complex_: bool, init: str, g: torch.Generator) -> torch.Tensor:
+    """Random 2x2 twiddle blocks, shape ``(*batch, 2, 2)`` (complex: a trailing 2 for
+    the real and imaginary parts).
+
+    ``"unitary"``: Haar-random orthogonal / unitary blocks (QR of a Gaussian block, the
+    signs / phases of R's diagonal moved into Q), so every start's product is exactly
+    orthogonal / unitary at any depth, the scale of an orthonormal transform. ``"gaussian"``:
+    entries N(0, 1/2) (complex: 1/4 per part), unit scale only on average; the norm of a
+    product is then a random walk over the levels. Measured (DCT-II n = 64 as
+    ``Re(B · P)`` with its permutation given, 10 seeds x 32 starts of 300 Adam steps):
+    4 converging starts with "unitary", 1 with "gaussian"; Hartley n = 128: 8 vs 6 of 64
+    starts within 1e-2 after Adam.
+    """
+    if init not in ("unitary", "gaussian"):
+        raise ValueError(f"init must be 'unitary' or 'gaussian', got {init!r}")
+    shape = (*batch, 2, 2)
+    if init == "gaussian":
+        scale = 1 / math.sqrt(2) / (math.sqrt(2) if complex_ else 1)
+        return torch.randn(shape + ((2,) if complex_ else ()), generator=g, dtype=torch.float64) * scale
+    Z = torch.randn(shape + ((2,) if complex_ else ()), generator=g, dtype=torch.float64)
+    Z = torch.view_as_complex(Z) if complex_ else Z
+    Q, R = torch.linalg.qr(Z)
+    d = torch.diagonal(R, dim1=-2, dim2=-1)
+    Q = Q * (d / d.abs().clamp_min(1e-300))[..., None, :]
+    return torch.view_as_real(Q).contiguous() if complex_ else Q.contiguous()
 
 
 def _fix_perms(model, perms: dict):

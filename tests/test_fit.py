@@ -269,3 +269,26 @@ def test_preconditioned_cg_solves_spd_systems():
     assert reached and rel(x.numpy(), x_ref) <= 1e-8
     x, reached = _cg(lambda v: At @ v, torch.from_numpy(b), 3, rtol=1e-13, report=True)
     assert not reached and np.linalg.norm(b - A @ x.numpy()) > 1e-13 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_unitary_init_gives_unitary_products(complex_):
+    # Every start of the default init is a product of unitary (orthogonal) 2x2 blocks,
+    # so its dense matrix is unitary: checked against numpy on the densified butterfly.
+    from kfit import Butterfly
+    from solvers.gradient import _random_blocks
+
+    g = torch.Generator().manual_seed(3)
+    tw = _random_blocks((4, 5, 16), complex_, "unitary", g)
+    tw = torch.view_as_complex(tw) if complex_ else tw
+    for s in range(4):
+        D = Butterfly(tw[s]).to_dense().numpy()
+        assert np.abs(D @ D.conj().T - np.eye(32)).max() <= 1e-12
+    # the seed fixes the draw; "gaussian" is the other choice and is not unitary
+    again = _random_blocks((4, 5, 16), complex_, "unitary", torch.Generator().manual_seed(3))
+    assert torch.equal(torch.view_as_complex(again) if complex_ else again, tw)
+    gauss = _random_blocks((1, 5, 16), complex_, "gaussian", g)
+    D = Butterfly(torch.view_as_complex(gauss[0]) if complex_ else gauss[0]).to_dense().numpy()
+    assert np.abs(D @ D.conj().T - np.eye(32)).max() > 1e-3
+    with pytest.raises(ValueError, match="init must be 'unitary' or 'gaussian', got 'normal'"):
+        _random_blocks((1, 5, 16), complex_, "normal", g)
