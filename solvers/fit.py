@@ -17,6 +17,9 @@ Cheapest first:
    the time budget, until one reaches ``tol`` -- then up to ``rounds - 1`` more passes
    over the closest rungs, from fresh random starts, while the budget lasts:
    ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms);
+   ``Re(P_bitrev · B* · P_top)`` complex, once for each of the 8 top-level input
+   reorderings ``P_top`` of the permutation family, fixed (the DCT-II and DST-II:
+   Makhoul's reordering, an FFT in decimation-in-frequency form, a real part);
    ``Re(P~ · B* · P~)`` complex with both permutations learned in a structured family
    (:mod:`solvers._permfamily`; relaxed, then rounded -- found the DCT-II at n = 8, not
    yet reliable beyond); ``B · B*``; ``B · B*`` complex (fitted without a real part, which
@@ -24,7 +27,8 @@ Cheapest first:
    with its real part); ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
 
 Permutations are recovered by identification (steps 2 and 3), fixed to the bit reversal in the
-rung that names it, or learned in the ``P~`` rung. A target that needs another hidden
+rungs that name it, searched exhaustively over the top-level moves of the family, or learned
+in the ``P~`` rung. A target that needs another hidden
 permutation is reported with the best error found.
 
 When nothing reaches ``tol``, the result reports the best fit beside the errors of a
@@ -98,6 +102,11 @@ def ladder(n: int, target_is_complex: bool) -> list[dict]:
         # Many short starts: at n = 256 (Hartley) 8 starts x 1000 Adam steps all stall at
         # 0.1-0.2, while 32 x 300 put one start at 3e-3, which LM took to 8.8e-13 (207 s).
         dict(chain=("B",), complex=True, real_output=True, col_perm=rev, restarts_factor=4, adam_steps=300),
+        # The decimation-in-frequency form, each top-level input reordering of the
+        # permutation family tried with the permutation fixed (the relaxed P~ rung below
+        # rarely rounds to the right one): DCT-II and DST-II n = 64 converge in ~50 s.
+        dict(chain=("B*",), complex=True, real_output=True, row_perm=rev, col_perm="top-level",
+             restarts_factor=4, adam_steps=300),
         dict(chain=("B*",), complex=True, real_output=True, learn_perm="both", restarts_factor=4),
         dict(chain=("B", "B*")),
         dict(chain=("B", "B*"), complex=True),
@@ -206,6 +215,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     seconds); or the best result found, with ``info["baselines"]``.
     """
 
+    from ._permfamily import top_level
     from .gradient import GradientConfig, fit_gradient
     from .identify import identify
     from .permutation import detect_permutation, route_permutation
@@ -264,19 +274,27 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             share = remaining / (len(queue) - k)
             rung = dict(rung)
             restarts = cfg.restarts * rung.pop("restarts_factor", 1) * 2 ** min(round_, 2)
-            gcfg = GradientConfig(
-                tol=tol, restarts=restarts, seed=cfg.seed + 7919 * round_, device=cfg.device,
-                progress=cfg.progress, time_budget=share, **rung,
-            )
-            r = fit_gradient(M, gcfg)
-            record(r, gcfg.describe() + (f" (round {round_ + 1}, seed {gcfg.seed})" if round_ else ""))
-            if r.status == "converged":
-                r.info["search"] = search
-                r.seconds = time.perf_counter() - t0
-                return r
-            closest[i] = min(closest.get(i, float("inf")), r.error)
-            if best.kmatrix is None or r.error < best.error:
-                best = r
+            # col_perm="top-level": one fit per candidate input permutation, sharing the rung's time
+            cands = top_level(n) if isinstance(rung.get("col_perm"), str) else [(None, rung.get("col_perm"))]
+            t_rung = time.perf_counter()
+            for c, (label, perm) in enumerate(cands):
+                left = share - (time.perf_counter() - t_rung)
+                if left <= 0.5:
+                    break
+                gcfg = GradientConfig(
+                    tol=tol, restarts=restarts, seed=cfg.seed + 7919 * round_, device=cfg.device,
+                    progress=cfg.progress, time_budget=left / (len(cands) - c), **{**rung, "col_perm": perm},
+                )
+                r = fit_gradient(M, gcfg)
+                what = gcfg.describe() + (f" [P_in: {label}]" if label else "")
+                record(r, what + (f" (round {round_ + 1}, seed {gcfg.seed})" if round_ else ""))
+                if r.status == "converged":
+                    r.info["search"] = search
+                    r.seconds = time.perf_counter() - t0
+                    return r
+                closest[i] = min(closest.get(i, float("inf")), r.error)
+                if best.kmatrix is None or r.error < best.error:
+                    best = r
         if cfg.time_budget - (time.perf_counter() - t0) <= 1:
             break
         queue = [(i, rungs[i]) for i in sorted(closest, key=closest.get)[: cfg.retry_rungs]]
