@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="build: device of the solvers (cpu, cuda)")
     c.add_argument("--time-budget", type=float, default=300.0, help="build: seconds per entry (default 300)")
     c.add_argument("--restarts", type=int, default=8, help="build: random starts per gradient fit (default 8)")
-    c.add_argument("--force", action="store_true", help="build: redo entries that exist and verify")
+    c.add_argument("--force", action="store_true", help="build: redo entries that exist and verify (a new structure replaces the old entry)")
     c.add_argument("--keep-going", action="store_true", help="build: try larger n after a target failed at a smaller one")
     c.add_argument("--json", action="store_true", help="list/show: JSON output")
     c.set_defaults(func=_cmd_catalog)

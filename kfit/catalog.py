@@ -355,6 +355,20 @@ def record(result, target: str, n: int, params: dict | None = None, *, root=None
     return name
 
 
+def _remove_entry(name: str, root) -> None:
+    """Delete an entry (its manifest, then its tensor file) and rewrite the index."""
+    d = _entries_dir(root)
+    manifest = d / f"{name}.json"
+    with _locked(root):
+        tensor = None
+        with contextlib.suppress(Exception):
+            tensor = json.loads(manifest.read_text())["tensor_file"]["name"]
+        manifest.unlink(missing_ok=True)
+        if tensor:
+            (d / tensor).unlink(missing_ok=True)
+        _write_index_locked(root)
+
+
 def describe(m: dict) -> str:
     """A few lines on a manifest, for ``kfit catalog show``."""
     c, e, s, sv = m["costs"], m["error"], m["structure"], m["solver"]
@@ -570,7 +584,10 @@ def build(targets=CATALOG_TARGETS, ns=tuple(2 ** k for k in range(3, 11)), *, ro
 
     Each target runs ``solvers.fit`` (the automatic search) on the dense matrix, n
     ascending; once a target is not recovered at some n, its larger sizes are skipped
-    (noted as such) unless ``keep_going``. Returns counts of what was done.
+    (noted as such) unless ``keep_going``. ``force`` solves again entries that exist and
+    verify; when the new result has another structure (another entry name), it replaces
+    the old entry, so the catalog keeps one entry per (target, n). Returns counts of what
+    was done.
     """
     import solvers
 
@@ -603,6 +620,10 @@ def build(targets=CATALOG_TARGETS, ns=tuple(2 ** k for k in range(3, 11)), *, ro
                 res = solvers.fit(M, time_budget=time_budget, restarts=restarts, seed=seed, device=device, progress=progress)
                 if res.success:
                     name = record(res, t, n, {}, root=root, device=device, settings=settings)
+                    if existing and existing != name:
+                        # --force found another (usually smaller) structure: one entry per (target, n)
+                        _remove_entry(existing, root)
+                        out(f"replaced {existing}")
                     _clear_failure(root, t, n)
                     counts["recorded"] += 1
                     out(f"recorded {name}: error {res.error:.2e}, {time.perf_counter() - t0:.1f} s")

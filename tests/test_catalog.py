@@ -256,3 +256,25 @@ def test_cli_export_and_plot_an_entry(cat, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli(["plot", "catalog", "-o", str(png), "--root", str(tmp_path / "empty")]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_forced_build_replaces_an_entry_whose_structure_changed(tmp_path):
+    # An entry for hadamard n=8 recorded with a larger structure (B · B*, the B* being the
+    # identity); a forced build finds the smaller B and must leave one entry, not two.
+    root = tmp_path / "cat"
+    res = solvers.fit(targets.get("hadamard", 8), progress=False)
+    B = res.kmatrix.butterflies[0]
+    res.kmatrix = kfit.KMatrix([B, kfit.Butterfly.identity(8, increasing=False)])
+    old = catalog.record(res, "hadamard", 8, {}, root=root, measure_speed=False)
+    assert catalog.names(root) == [old]
+    counts = catalog.build(["hadamard"], (8,), root=root, progress=False, force=True)
+    assert counts["recorded"] == 1
+    (new,) = catalog.names(root)
+    assert new != old and new.startswith("hadamard-8-")
+    index = json.loads((root / "index.json").read_text())
+    assert [r["entry"] for r in index["entries"]] == [new]
+    # no orphaned tensor file of the old entry
+    assert sorted(p.name for p in (root / "entries").iterdir()) == sorted(
+        [f"{new}.json", json.loads((root / "entries" / f"{new}.json").read_text())["tensor_file"]["name"]]
+    )
+    assert all(c.ok for c in catalog.verify(root))
