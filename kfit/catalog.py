@@ -620,13 +620,13 @@ def build(targets=CATALOG_TARGETS, ns=tuple(2 ** k for k in range(3, 11)), *, ro
                 res = solvers.fit(M, time_budget=time_budget, restarts=restarts, seed=seed, device=device, progress=progress)
                 if res.success:
                     name = record(res, t, n, {}, root=root, device=device, settings=settings)
-                    if existing and existing != name:
-                        # --force found another (usually smaller) structure: one entry per (target, n)
-                        _remove_entry(existing, root)
-                        out(f"replaced {existing}")
                     _clear_failure(root, t, n)
                     counts["recorded"] += 1
                     out(f"recorded {name}: error {res.error:.2e}, {time.perf_counter() - t0:.1f} s")
+                    if existing and existing != name:
+                        # --force found another (usually smaller) structure: one entry per (target, n)
+                        _remove_entry(existing, root)
+                        out(f"  replacing {existing}")
                 else:
                     failed.add(t)
                     counts["not_recovered"] += 1
