@@ -229,6 +229,11 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     def record(r, what):
         search.append(_step(r, what))
 
+    def done(r):  # the answer: the whole search attached, the whole call timed
+        r.info["search"] = search
+        r.seconds = time.perf_counter() - t0
+        return r
+
     found = detect_permutation(M)
     if found is not None:
         r = route_permutation(perm=found[0], scales=found[1])
@@ -238,24 +243,18 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     r = identify(M, tol=tol)
     record(r, "identify P·B·P")
     if r.status == "exact":
-        r.info["search"] = search
-        r.seconds = time.perf_counter() - t0
-        return r
+        return done(r)
     best = r
     if n <= cfg.spectral_max_n:
         r = spectral(M, tol=tol, seed=cfg.seed)
         record(r, "spectral P·B·B*·Pᵀ")
         if r.status == "exact":
-            r.info["search"] = search
-            r.seconds = time.perf_counter() - t0
-            return r
+            return done(r)
         if r.kmatrix is not None and r.error < best.error:
             best = r
     lifted = _toeplitz_lift(M, cfg, tol, search, t0)
     if lifted is not None and lifted.status in ("converged", "exact"):
-        lifted.info["search"] = search
-        lifted.seconds = time.perf_counter() - t0
-        return lifted
+        return done(lifted)
     if lifted is not None and lifted.error < best.error:
         best = lifted
     rungs = ladder(n, M.is_complex())
@@ -289,16 +288,13 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
                 what = gcfg.describe() + (f" [P_in: {label}]" if label else "")
                 record(r, what + (f" (round {round_ + 1}, seed {gcfg.seed})" if round_ else ""))
                 if r.status == "converged":
-                    r.info["search"] = search
-                    r.seconds = time.perf_counter() - t0
-                    return r
+                    return done(r)
                 closest[i] = min(closest.get(i, float("inf")), r.error)
                 if best.kmatrix is None or r.error < best.error:
                     best = r
         if cfg.time_budget - (time.perf_counter() - t0) <= 1:
             break
         queue = [(i, rungs[i]) for i in sorted(closest, key=closest.get)[: cfg.retry_rungs]]
-    best.info["search"] = search
     if best.kmatrix is not None:
         best.info["baselines"] = baselines(M, best.kmatrix.n_params)
         b = best.info["baselines"]
@@ -306,5 +302,4 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             f" | no structure reached tol {tol:g}; at the same {b['n_params']} parameters a sparse "
             f"approximation has error {b['sparse_error']:.2e}, a rank-{b['low_rank']} one {b['low_rank_error']:.2e}"
         )
-    best.seconds = time.perf_counter() - t0
-    return best
+    return done(best)

@@ -235,11 +235,9 @@ def _random_blocks(batch: tuple, complex_: bool, init: str, g: torch.Generator) 
     """
     if init not in ("unitary", "gaussian"):
         raise ValueError(f"init must be 'unitary' or 'gaussian', got {init!r}")
-    shape = (*batch, 2, 2)
+    Z = torch.randn((*batch, 2, 2) + ((2,) if complex_ else ()), generator=g, dtype=torch.float64)
     if init == "gaussian":
-        scale = 1 / math.sqrt(2) / (math.sqrt(2) if complex_ else 1)
-        return torch.randn(shape + ((2,) if complex_ else ()), generator=g, dtype=torch.float64) * scale
-    Z = torch.randn(shape + ((2,) if complex_ else ()), generator=g, dtype=torch.float64)
+        return Z * (1 / math.sqrt(2) / (math.sqrt(2) if complex_ else 1))
     Z = torch.view_as_complex(Z) if complex_ else Z
     Q, R = torch.linalg.qr(Z)
     d = torch.diagonal(R, dim1=-2, dim2=-1)
@@ -561,7 +559,7 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
             return vjp_fn(jv)[0] + damp * v
 
         forcing = min(0.1, math.sqrt(math.sqrt(max(loss, 0.0))))
-        step_, reached = _cg(normal, -g, cap, precond=1.0 / (diag + floor + damp), rtol=forcing, report=True)
+        step_, reached = _cg(normal, -g, cap, precond=1.0 / (diag + floor + damp), rtol=forcing)
         if not reached:
             cap = min(2 * cap, 8 * cfg.cg_iters)
         trial = theta + step_
@@ -578,10 +576,10 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step
 
 
-def _cg(matvec, b, iters, precond=None, rtol=1e-10, report=False):
+def _cg(matvec, b, iters, precond=None, rtol=1e-10):
     """(Preconditioned) conjugate gradients for a symmetric positive definite operator,
-    from x = 0, until ``||b - A x|| <= rtol ||b||`` or ``iters`` iterations.
-    ``report=True``: return ``(x, reached)``, whether the tolerance was reached."""
+    from x = 0, until ``||b - A x|| <= rtol ||b||`` or ``iters`` iterations. Returns
+    ``(x, reached)``: whether the tolerance was reached."""
     x = torch.zeros_like(b)
     r = b.clone()
     z = r * precond if precond is not None else r
@@ -601,7 +599,7 @@ def _cg(matvec, b, iters, precond=None, rtol=1e-10, report=False):
         rz_new = r @ z
         p = z + (rz_new / rz) * p
         rz = rz_new
-    return (x, reached) if report else x
+    return x, reached
 
 
 def _lbfgs(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):

@@ -270,15 +270,15 @@ def test_preconditioned_cg_solves_spd_systems():
     At = torch.from_numpy(A)
     x_ref = np.linalg.solve(A, b)
     for pre in (None, 1 / torch.from_numpy(np.diag(A).copy())):
-        x = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=pre, rtol=1e-13)
+        x, _ = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=pre, rtol=1e-13)
         assert rel(x.numpy(), x_ref) <= 1e-8
     # the forcing term: a loose rtol stops early with that relative residual
-    x = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=None, rtol=0.1)
+    x, _ = _cg(lambda v: At @ v, torch.from_numpy(b), 400, precond=None, rtol=0.1)
     assert np.linalg.norm(b - A @ x.numpy()) <= 0.1 * np.linalg.norm(b)
-    # report=True says whether the tolerance was reached (LM grows its cap when it was not)
-    x, reached = _cg(lambda v: At @ v, torch.from_numpy(b), 400, rtol=1e-13, report=True)
+    # the flag says whether the tolerance was reached (LM grows its cap when it was not)
+    x, reached = _cg(lambda v: At @ v, torch.from_numpy(b), 400, rtol=1e-13)
     assert reached and rel(x.numpy(), x_ref) <= 1e-8
-    x, reached = _cg(lambda v: At @ v, torch.from_numpy(b), 3, rtol=1e-13, report=True)
+    x, reached = _cg(lambda v: At @ v, torch.from_numpy(b), 3, rtol=1e-13)
     assert not reached and np.linalg.norm(b - A @ x.numpy()) > 1e-13 * np.linalg.norm(b)
 
 
