@@ -343,10 +343,7 @@ def record(result, target: str, n: int, params: dict | None = None, *, root=None
             raise
         m["tensor_file"] = {"name": tfile, "sha256": digest, "bytes": (d / tfile).stat().st_size}
         old = d / f"{name}.json"
-        old_tensor = None
-        if old.is_file():
-            with contextlib.suppress(Exception):
-                old_tensor = json.loads(old.read_text())["tensor_file"]["name"]
+        old_tensor = _stored_tensor(old)
         _atomic_write_text(old, json.dumps(m, indent=1) + "\n")
         if old_tensor and old_tensor != tfile:
             with contextlib.suppress(FileNotFoundError):
@@ -355,14 +352,20 @@ def record(result, target: str, n: int, params: dict | None = None, *, root=None
     return name
 
 
+def _stored_tensor(manifest_path: pathlib.Path) -> str | None:
+    """The tensor file an existing manifest names; None when the manifest is missing or
+    unreadable (its tensor file, if any, is then left alone)."""
+    with contextlib.suppress(Exception):
+        return json.loads(manifest_path.read_text())["tensor_file"]["name"]
+    return None
+
+
 def _remove_entry(name: str, root) -> None:
     """Delete an entry (its manifest, then its tensor file) and rewrite the index."""
     d = _entries_dir(root)
     manifest = d / f"{name}.json"
     with _locked(root):
-        tensor = None
-        with contextlib.suppress(Exception):
-            tensor = json.loads(manifest.read_text())["tensor_file"]["name"]
+        tensor = _stored_tensor(manifest)
         manifest.unlink(missing_ok=True)
         if tensor:
             (d / tensor).unlink(missing_ok=True)
