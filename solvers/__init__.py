@@ -6,7 +6,7 @@ does not converge returns a Result that says so, it does not raise.
 from ._result import Result
 from .identify import IdentifyConfig, identify
 from .fit import FitConfig, baselines, fit
-from .gradient import GradientConfig, fit_gradient
+from .gradient import GradientConfig, fit_gradient, refine
 from .permutation import PermutationConfig, detect_permutation, route_permutation
 from .spectral import SpectralConfig, spectral
 
@@ -15,6 +15,6 @@ __all__ = [
     "IdentifyConfig", "identify",
     "PermutationConfig", "detect_permutation", "route_permutation",
     "SpectralConfig", "spectral",
-    "GradientConfig", "fit_gradient",
+    "GradientConfig", "fit_gradient", "refine",
     "FitConfig", "fit", "baselines",
 ]

@@ -83,3 +83,37 @@ def top_level(n: int) -> list[tuple[str, torch.Tensor]]:
             perm = perm[q]
         out.append(("+".join(name for name, _ in chosen) or "id", perm))
     return out
+
+
+def candidates(kind: str, n: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Candidate pairs ``(label, P_out, P_in)`` of fixed permutations for the gradient
+    ladder's screened rungs (``GradientConfig.perm_candidates``); index vectors with
+    ``(P x)[i] = x[perm[i]]``.
+
+    ``"dif"``: ``P_out`` the bit reversal, ``P_in`` each of the 8 :func:`top_level`
+    reorderings -- an FFT in decimation-in-frequency form behind an input reordering
+    (the DCT-II and DST-II: Makhoul's ``sep0+rev2_0``).
+
+    ``"packed"``: ``P_in`` each top-level reordering, ``P_out`` the inverse of each
+    top-level reordering followed by the bit reversal inside both halves (``sep`` at
+    every lower level): 64 pairs. The DCT-IV's FFT algorithm packs the input pairs
+    ``(x[2m], x[n-1-2m])`` into an n/2-point complex FFT and unpacks the outputs into
+    ``y[2k]`` and ``y[n-1-2k]``: ``Re(P_out · B · B* · P_in)`` with ``P_in`` Makhoul's
+    reordering and ``P_out^-1`` = ``sep0+rev2_0`` then the within-halves bit reversal
+    (a brute force over the family at n = 16 finds it).
+    """
+    from kfit import Permutation
+
+    if kind == "dif":
+        rev = Permutation.bit_reversal(n).perm
+        return [(f"P_in: {name}", rev, perm) for name, perm in top_level(n)]
+    if kind == "packed":
+        lower = [q for name, q in moves(n) if name.startswith("sep") and name != "sep0"]
+        out = []
+        for name_out, perm in top_level(n):
+            for q in lower:
+                perm = perm[q]
+            p_out = torch.argsort(perm)
+            out += [(f"P_out^-1: {name_out}+bitrev-halves, P_in: {name_in}", p_out, p_in) for name_in, p_in in top_level(n)]
+        return out
+    raise ValueError(f"kind must be 'dif' or 'packed', got {kind!r}")

@@ -17,9 +17,12 @@ Cheapest first:
    the time budget, until one reaches ``tol`` -- then up to ``rounds - 1`` more passes
    over the closest rungs, from fresh random starts, while the budget lasts:
    ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms);
-   ``Re(P_bitrev · B* · P_top)`` complex, once for each of the 8 top-level input
-   reorderings ``P_top`` of the permutation family, fixed (the DCT-II and DST-II:
-   Makhoul's reordering, an FFT in decimation-in-frequency form, a real part);
+   ``Re(P_bitrev · B* · P_top)`` complex, with the 8 top-level input reorderings
+   ``P_top`` of the permutation family as fixed candidates, screened by successive
+   halving (the DCT-II and DST-II: Makhoul's reordering, an FFT in
+   decimation-in-frequency form, a real part); ``Re(P_out · B · B* · P_in)`` complex with
+   64 candidate pairs (:func:`solvers._permfamily.candidates`, ``"packed"``: the
+   DCT-IV, an FFT of half the size on packed input pairs);
    ``Re(P~ · B* · P~)`` complex with both permutations learned in a structured family
    (:mod:`solvers._permfamily`; relaxed, then rounded -- found the DCT-II at n = 8, not
    yet reliable beyond); ``B · B*``; ``B · B*`` complex (fitted without a real part, which
@@ -27,8 +30,8 @@ Cheapest first:
    with its real part); ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
 
 Permutations are recovered by identification (steps 2 and 3), fixed to the bit reversal in the
-rungs that name it, searched exhaustively over the top-level moves of the family, or learned
-in the ``P~`` rung. A target that needs another hidden
+rungs that name it, screened over candidates built from the top-level moves of the family
+(every candidate fitted, the worse half dropped repeatedly), or learned in the ``P~`` rung. A target that needs another hidden
 permutation is reported with the best error found.
 
 When nothing reaches ``tol``, the result reports the best fit beside the errors of a
@@ -103,10 +106,14 @@ def ladder(n: int, target_is_complex: bool) -> list[dict]:
         # 0.1-0.2, while 32 x 300 put one start at 3e-3, which LM took to 8.8e-13 (207 s).
         dict(chain=("B",), complex=True, real_output=True, col_perm=rev, restarts_factor=4, adam_steps=300),
         # The decimation-in-frequency form, each top-level input reordering of the
-        # permutation family tried with the permutation fixed (the relaxed P~ rung below
-        # rarely rounds to the right one): DCT-II and DST-II n = 64 converge in ~50 s.
-        dict(chain=("B*",), complex=True, real_output=True, row_perm=rev, col_perm="top-level",
-             restarts_factor=4, adam_steps=300),
+        # permutation family fitted with the permutation fixed and screened (the relaxed
+        # P~ rung below rarely rounds to the right one): DCT-II and DST-II n = 64.
+        dict(chain=("B*",), complex=True, real_output=True, perm_candidates="dif", restarts_factor=4, adam_steps=300),
+        # An FFT of half the size on packed input pairs (DCT-IV): 64 permutation pairs,
+        # 2 starts each, screened by successive halving. With the right pair 29 of 32
+        # starts reach ~1e-2 (n = 64 and 128), so 2 starts suffice.
+        dict(chain=("B", "B*"), complex=True, real_output=True, perm_candidates="packed", restarts_factor=1 / 4,
+             adam_steps=300),
         dict(chain=("B*",), complex=True, real_output=True, learn_perm="both", restarts_factor=4),
         dict(chain=("B", "B*")),
         dict(chain=("B", "B*"), complex=True),
@@ -114,6 +121,17 @@ def ladder(n: int, target_is_complex: bool) -> list[dict]:
         dict(chain=("B", "B*", "B", "B*"), complex=True, real_output=True),
         dict(chain=("B", "B*"), complex=True, real_output=True, expansion=2),
     ]
+
+
+#: Largest batch of dense n x n products (entries) a screened rung fits at once: 2^26
+#: complex128 entries are 1 GiB per intermediate; the starts per candidate shrink to fit.
+MAX_BATCH_ENTRIES = 2**26
+
+
+def _converging(r) -> bool:
+    """Whether a gradient fit ran out of time in its second-order finish (still
+    converging there, so worth resuming) rather than stalling or running out in Adam."""
+    return r.status == "budget" and bool(r.trace) and r.trace[-1][3] != "adam"
 
 
 def baselines(M: torch.Tensor, n_params: int) -> dict:
@@ -215,8 +233,8 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     seconds); or the best result found, with ``info["baselines"]``.
     """
 
-    from ._permfamily import top_level
-    from .gradient import GradientConfig, fit_gradient
+    from ._permfamily import candidates
+    from .gradient import GradientConfig, fit_gradient, refine
     from .identify import identify
     from .permutation import detect_permutation, route_permutation
     from .spectral import spectral
@@ -264,34 +282,52 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     # closest, from fresh random starts (another seed, twice the starts): a rung that
     # stalls in a local minimum often converges from other starts, and without retries
     # most of the budget went unused (DCT-II n = 64: every rung stalled within 220 of 600 s).
-    queue, closest = list(enumerate(rungs)), {}
+    # A rung whose second-order finish was still converging when its share ran out is
+    # resumed from where it stopped (`refine`) instead: the DCT-IV n = 128 needs ~250 s of
+    # Levenberg-Marquardt after ~45 s of screening, more than a first-round share.
+    queue, closest, latest = list(enumerate(rungs)), {}, {}
     for round_ in range(cfg.rounds):
         for k, (i, rung) in enumerate(queue):
             remaining = cfg.time_budget - (time.perf_counter() - t0)
             if remaining <= 1:
                 break
             share = remaining / (len(queue) - k)
-            rung = dict(rung)
-            restarts = cfg.restarts * rung.pop("restarts_factor", 1) * 2 ** min(round_, 2)
-            # col_perm="top-level": one fit per candidate input permutation, sharing the rung's time
-            cands = top_level(n) if isinstance(rung.get("col_perm"), str) else [(None, rung.get("col_perm"))]
-            t_rung = time.perf_counter()
-            for c, (label, perm) in enumerate(cands):
-                left = share - (time.perf_counter() - t_rung)
-                if left <= 0.5:
-                    break
+            seed = cfg.seed + 7919 * round_
+            if i in latest and _converging(latest[i][0]):
+                # Its finish was still converging when its time ran out: resume it.
+                prev, what = latest[i]
+                r = refine(M, prev.kmatrix, tol=tol, device=cfg.device, progress=cfg.progress, time_budget=share)
+                what, seed = what.removesuffix(" [resumed]") + " [resumed]", None
+            else:
+                rung = dict(rung)
+                kind = rung.pop("perm_candidates", None)
+                cands = candidates(kind, n) if kind else None
+                restarts = max(1, int(cfg.restarts * rung.pop("restarts_factor", 1))) * 2 ** min(round_, 2)
+                if cands:  # all candidates' starts are one batch of dense n x n products
+                    restarts = max(1, min(restarts, MAX_BATCH_ENTRIES // (len(cands) * n * n)))
                 gcfg = GradientConfig(
-                    tol=tol, restarts=restarts, seed=cfg.seed + 7919 * round_, device=cfg.device,
-                    progress=cfg.progress, time_budget=left / (len(cands) - c), **{**rung, "col_perm": perm},
+                    tol=tol, restarts=restarts, seed=seed, device=cfg.device,
+                    progress=cfg.progress, time_budget=share, perm_candidates=cands, **rung,
                 )
                 r = fit_gradient(M, gcfg)
-                what = gcfg.describe() + (f" [P_in: {label}]" if label else "")
-                record(r, what + (f" (round {round_ + 1}, seed {gcfg.seed})" if round_ else ""))
-                if r.status == "converged":
-                    return done(r)
-                closest[i] = min(closest.get(i, float("inf")), r.error)
-                if best.kmatrix is None or r.error < best.error:
-                    best = r
+                what = gcfg.describe() + (f" [{r.info['candidate']}]" if cands else "")
+            record(r, what + (f" (round {round_ + 1}" + (f", seed {seed})" if seed is not None else ")") if round_ else ""))
+            if r.status != "converged" and _converging(r) and r.error <= tol**0.5:
+                # Past sqrt(tol) and still converging: resume it at once with all the time
+                # left (it returns early if it stalls) -- DCT-IV n = 128 reached 6e-8 in
+                # its first share and then waited behind 5 futile rungs.
+                left = cfg.time_budget - (time.perf_counter() - t0)
+                r2 = refine(M, r.kmatrix, tol=tol, device=cfg.device, progress=cfg.progress, time_budget=left)
+                what = what.removesuffix(" [resumed]") + " [resumed]"
+                record(r2, what)
+                r = r2 if r2.error <= r.error else r
+            if r.status == "converged":
+                return done(r)
+            closest[i] = min(closest.get(i, float("inf")), r.error)
+            if i not in latest or r.error <= latest[i][0].error:
+                latest[i] = (r, what)
+            if best.kmatrix is None or r.error < best.error:
+                best = r
         if cfg.time_budget - (time.perf_counter() - t0) <= 1:
             break
         queue = [(i, rungs[i]) for i in sorted(closest, key=closest.get)[: cfg.retry_rungs]]

@@ -126,15 +126,18 @@ def test_auto_retries_the_closest_rungs_with_new_seeds():
     assert not r.success
     grad = [s for s in r.info["search"] if s["solver"] == "gradient"]
 
-    def rung(step):  # one rung may fit several fixed input permutations: "... [P_in: sep0]"
-        return step.split(" (round")[0].split(" [P_in")[0]
+    def rung(step):  # a screened rung names its best candidate: "... [P_in: sep0]"
+        return step.split(" (round")[0].split(" [")[0]
 
     first = [s for s in grad if "(round" not in s["step"]]
     retried = [s for s in grad if "(round" in s["step"]]
-    assert retried and all("(round 2, seed 7919)" in s["step"] for s in retried)
-    # 3 rungs in the first round; the third tries the 8 top-level input permutations
-    assert len(dict.fromkeys(rung(s["step"]) for s in first)) == 3
-    assert len([s for s in first if "[P_in" in s["step"]]) == 8
+    # new random starts, or a finish that was still converging resumed where it stopped
+    assert retried and all(
+        "(round 2, seed 7919)" in s["step"] or s["step"].endswith("[resumed] (round 2)") for s in retried
+    )
+    # 3 rungs in the first round, one entry each; the third screens 8 input permutations
+    assert len(first) == 3 and len(dict.fromkeys(rung(s["step"]) for s in first)) == 3
+    assert "[P_in: " in first[2]["step"]
     # the retried rungs are the two closest of the first round, closest first
     closest = {}
     for s in first:
@@ -330,3 +333,121 @@ def test_auto_recovers_dct2_and_dst2_with_a_top_level_reordering(name):
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
     last = r.info["search"][-1]
     assert "[P_in:" in last["step"] and last["status"] == "converged"
+
+
+def test_candidates_pairs_and_the_dct4_packing():
+    from solvers._permfamily import candidates, top_level
+
+    n = 16
+    dif = candidates("dif", n)
+    assert len(dif) == 8 and all(torch.equal(ro, torch.as_tensor(bit_reversal(n))) for _, ro, _ in dif)
+    assert [co.tolist() for _, _, co in dif] == [p.tolist() for _, p in top_level(n)]
+    packed = candidates("packed", n)
+    pairs = {(tuple(ro.tolist()), tuple(co.tolist())) for _, ro, co in packed}
+    assert len(packed) == 64 and len(pairs) == 64
+    # The DCT-IV's packing, written out from its FFT algorithm: inputs in Makhoul's order,
+    # outputs y[2 br(k)] = z[k], y[n-1-2 br(k)] = z[k + n/2] (br: bit reversal on n/2).
+    h = n // 2
+    br = bit_reversal(h)
+    p_out = [0] * n
+    for k in range(h):
+        p_out[2 * br[k]] = k
+        p_out[n - 1 - 2 * br[k]] = k + h
+    makhoul = list(range(0, n, 2)) + list(range(n - 1, 0, -2))
+    assert (tuple(p_out), tuple(makhoul)) in pairs
+    with pytest.raises(ValueError, match="kind must be 'dif' or 'packed', got 'dit'"):
+        candidates("dit", n)
+
+
+def test_halving_schedule():
+    from solvers.gradient import _halving_steps
+
+    assert _halving_steps(300, 64) == {100: 32, 150: 16, 200: 8, 250: 4, 300: 2}
+    assert _halving_steps(300, 8) == {100: 4, 150: 2}
+    assert _halving_steps(300, 2) == {} and _halving_steps(300, 1) == {}
+    assert _halving_steps(30, 64) == {10: 32, 15: 16, 20: 8, 25: 4, 30: 2}
+
+
+def test_screened_candidates_find_the_hidden_permutations():
+    # M = P_out · B · P_in for a random real butterfly B and one of 6 random candidate
+    # pairs; the screen must keep that pair (or one that fits as well) and converge.
+    n = 16
+    g = torch.Generator().manual_seed(5)
+    B = kfit.Butterfly(torch.randn(4, n // 2, 2, 2, generator=g, dtype=torch.float64))
+    cands = [(f"c{k}", torch.randperm(n, generator=g), torch.randperm(n, generator=g)) for k in range(6)]
+    _, ro, co = cands[3]
+    M = B.to_dense().numpy()[ro.numpy()][:, np.argsort(co.numpy())]  # (P x)[i] = x[perm[i]]
+    r = fit_gradient(M, chain=("B",), perm_candidates=cands, restarts=4, adam_steps=300, seed=1, time_budget=120)
+    assert r.status == "converged", r.message
+    assert rel(dense_from_factors(r.kmatrix), M) <= 1e-12
+    assert r.info["candidate"] == "c3" and r.info["restarts"] == 24
+    screen = r.info["screen"]
+    assert sorted(row["candidate"] for row in screen) == [f"c{k}" for k in range(6)]
+    assert screen[0]["candidate"] == "c3" and screen[0]["error"] <= 1e-12
+    # halving: 6 -> 3 at step 100, 3 -> 2 at step 150
+    assert sorted(row["adam_steps"] for row in screen)[:3] == [100, 100, 100]
+    assert r.info["structure"] == "P · B · P real"
+
+
+def test_perm_candidates_bad_input():
+    M = np.eye(8)
+    good = ("a", None, list(range(8)))
+    with pytest.raises(ValueError, match="cannot be combined with row_perm"):
+        fit_gradient(M, perm_candidates=[good], row_perm=list(range(8)))
+    with pytest.raises(ValueError, match=r"perm_candidates\[1\] \(b\): col_perm has length 4, expected 8"):
+        fit_gradient(M, perm_candidates=[good, ("b", None, [0, 1, 2, 3])])
+    with pytest.raises(ValueError, match=r"perm_candidates\[0\] must be \(label, row_perm, col_perm\)"):
+        fit_gradient(M, perm_candidates=[(None, None)])
+    with pytest.raises(ValueError, match="perm_candidates is empty"):
+        fit_gradient(M, perm_candidates=[])
+
+
+def test_refine_resumes_a_fit_that_ran_out_of_iterations():
+    from solvers.fit import _converging
+    from solvers.gradient import refine
+
+    n = 16
+    M = hartley_np(n)
+    rev = bit_reversal(n)
+    kw = dict(chain=("B",), complex=True, real_output=True, col_perm=rev, restarts=16, adam_steps=300, seed=0)
+    short = fit_gradient(M, lm_steps=2, polish=1, **kw)  # the finish stops after 2 steps
+    assert short.status == "budget" and short.error > 1e-12 and _converging(short)
+    r = refine(M, short.kmatrix, time_budget=120)
+    assert r.status == "converged", r.message
+    assert rel(dense_from_factors(r.kmatrix), M) <= 1e-12 and r.error < short.error
+    # the structure and the permutation are kept
+    assert r.info["structure"] == short.info["structure"] == "Re(B · P) complex"
+    assert torch.equal(r.kmatrix.factors[-1].perm, short.kmatrix.factors[-1].perm)
+    assert r.trace and all(phase == "lm" for *_, phase in r.trace)
+
+
+def test_refine_takes_a_perturbed_fft_back_to_machine_precision():
+    from solvers.gradient import refine
+
+    K = kfit.known.dft(32)
+    g = torch.Generator().manual_seed(0)
+    noisy = [
+        kfit.Butterfly(f.twiddle + 1e-3 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
+        if isinstance(f, kfit.Butterfly) else f
+        for f in K.factors
+    ]
+    F = np.fft.fft(np.eye(32), axis=0)
+    start = kfit.KMatrix(noisy)
+    assert rel(dense_from_factors(start), F) > 1e-4
+    r = refine(F, start, time_budget=60)
+    assert r.status == "converged" and rel(dense_from_factors(r.kmatrix), F) <= 1e-12
+    with pytest.raises(TypeError, match="K must be a kfit.KMatrix, got ndarray"):
+        refine(F, F)
+    D = kfit.Diagonal(torch.ones(32, dtype=torch.complex128))
+    with pytest.raises(ValueError, match=r"refine needs K = .*got factors \['Butterfly', 'Diagonal'\]"):
+        refine(F, kfit.KMatrix([K.factors[0], D]))
+
+
+def test_auto_recovers_the_dct4():
+    import scipy.fft
+
+    n = 32
+    r = fit(kfit.targets.get("dct4", n), time_budget=240)
+    assert r.status == "converged", r.message
+    ref = scipy.fft.dct(np.eye(n), type=4, norm="ortho", axis=0)
+    assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
