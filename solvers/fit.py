@@ -247,6 +247,10 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     def record(r, what):
         search.append(_step(r, what))
 
+    def resume(r, what, budget):  # a fit still converging in its finish, continued by refine
+        r = refine(M, r.kmatrix, tol=tol, device=cfg.device, progress=cfg.progress, time_budget=budget)
+        return r, what.removesuffix(" [resumed]") + " [resumed]"
+
     def done(r):  # the answer: the whole search attached, the whole call timed
         r.info["search"] = search
         r.seconds = time.perf_counter() - t0
@@ -295,9 +299,8 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             seed = cfg.seed + 7919 * round_
             if i in latest and _converging(latest[i][0]):
                 # Its finish was still converging when its time ran out: resume it.
-                prev, what = latest[i]
-                r = refine(M, prev.kmatrix, tol=tol, device=cfg.device, progress=cfg.progress, time_budget=share)
-                what, seed = what.removesuffix(" [resumed]") + " [resumed]", None
+                r, what = resume(*latest[i], share)
+                seed = None
             else:
                 rung = dict(rung)
                 kind = rung.pop("perm_candidates", None)
@@ -316,9 +319,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
                 # Past sqrt(tol) and still converging: resume it at once with all the time
                 # left (it returns early if it stalls) -- DCT-IV n = 128 reached 6e-8 in
                 # its first share and then waited behind 5 futile rungs.
-                left = cfg.time_budget - (time.perf_counter() - t0)
-                r2 = refine(M, r.kmatrix, tol=tol, device=cfg.device, progress=cfg.progress, time_budget=left)
-                what = what.removesuffix(" [resumed]") + " [resumed]"
+                r2, what = resume(r, what, cfg.time_budget - (time.perf_counter() - t0))
                 record(r2, what)
                 r = r2 if r2.error <= r.error else r
             if r.status == "converged":

@@ -346,13 +346,18 @@ def _compact(opt, model, keep, lr):
     return opt
 
 
+def _per_candidate(best_loss, owner, C: int) -> torch.Tensor:
+    """The best loss of each of the ``C`` candidates over its starts (inf: none left)."""
+    per = torch.full((C,), float("inf"), dtype=best_loss.dtype, device=best_loss.device)
+    return per.scatter_reduce(0, owner, best_loss, "amin")
+
+
 def _screen_info(cands, owner, best_loss, s_best, screen, steps) -> dict:
     """``candidate`` (the winner's label) and ``screen``: every candidate's best error and
     the Adam steps it ran, best first."""
-    per = {}
-    for c, l in zip(owner.tolist(), best_loss.tolist()):
-        per[c] = min(per.get(c, float("inf")), math.sqrt(max(l, 0.0)))
-    rows = [(cands[c][0], e, steps) for c, e in per.items()] + [(cands[c][0], e, st) for c, (e, st) in screen.items()]
+    per = _per_candidate(best_loss, owner, len(cands))
+    rows = [(cands[c][0], math.sqrt(max(float(per[c]), 0.0)), steps) for c in sorted(set(owner.tolist()))]
+    rows += [(cands[c][0], e, st) for c, (e, st) in screen.items()]
     rows.sort(key=lambda r: r[1])
     return {
         "candidate": cands[int(owner[s_best])][0],
@@ -473,8 +478,7 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
                     best_logits[k][better] = lg.detach()[better]
         opt.step()
         if step in cuts:  # successive halving: drop the worse half of the candidates
-            per = torch.full((C,), float("inf"), dtype=best_loss.dtype, device=best_loss.device)
-            per = per.scatter_reduce(0, owner, best_loss, "amin")
+            per = _per_candidate(best_loss, owner, C)
             alive = sorted(set(owner.tolist()), key=lambda c: float(per[c]))
             for c in alive[cuts[step]:]:
                 screen[c] = (math.sqrt(max(float(per[c]), 0.0)), step)
