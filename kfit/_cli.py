@@ -67,7 +67,15 @@ def _cmd_fit(args) -> int:
         M = as_matrix(args.target, "TARGET", n=args.n)
     overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
     progress = not args.json and sys.stderr.isatty()
-    if args.solver == "identify":
+    if args.resume:
+        from ._io import load
+
+        if args.solver not in ("auto", "gradient"):
+            raise ValueError(
+                f"--resume continues a gradient fit, but --solver is {args.solver!r}: drop --solver (or use gradient)"
+            )
+        result = solvers.refine(M, load(args.resume), time_budget=args.time_budget, progress=progress, **overrides)
+    elif args.solver == "identify":
         result = solvers.identify(M, **overrides)
     elif args.solver == "permutation":
         result = solvers.route_permutation(M)
@@ -262,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print one JSON object")
     f.add_argument("--verbose", action="store_true", help="with --json: include solver details")
     f.add_argument("--save", metavar="PATH", help="write the factorization (kfit.load reads it)")
+    f.add_argument("--resume", metavar="PATH",
+                   help="continue the second-order finish of a factorization saved with --save (solvers.refine), "
+                        "for a fit whose time budget ran out while it was still converging")
     f.set_defaults(func=_cmd_fit)
 
     b = sub.add_parser("bench", help="benchmarks, printed beside their baselines")

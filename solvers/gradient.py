@@ -370,7 +370,14 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
 
     Returns a :class:`solvers.Result`: ``kmatrix`` the best start, ``error`` its relative
     Frobenius error (dense, float64), ``status`` converged / stalled / budget, ``trace``
-    a list of ``(step, seconds, best relative error)``.
+    a list of ``(step, seconds, best relative error, phase)``. ``info["finish"]`` says
+    what each second-order finish did, one dict per polished start: ``start``, ``status``,
+    ``error``, ``finish`` ("lm" or "l-bfgs") and ``steps``; for LM also ``accepted`` and
+    ``rejected`` steps, ``cg_iterations`` (normal-equation products in all), ``cg_capped``
+    (solves that hit their iteration cap before their tolerance), ``final_lambda`` and
+    ``reductions`` (error ratio of the last accepted steps: near 1, a crawl; far below 1,
+    still converging). When the budget ends while the best start's LM is still gaining,
+    the message says so and how to continue (:func:`refine`).
     """
     return _fit(M, replace(config or GradientConfig(), **overrides))
 
@@ -391,6 +398,14 @@ def refine(M, K, config: GradientConfig | None = None, **overrides) -> Result:
 
     if not isinstance(K, KMatrix):
         raise TypeError(f"K must be a kfit.KMatrix, got {type(K).__name__}")
+    from kfit._matrix_input import as_matrix
+
+    M = as_matrix(M, "M")
+    if tuple(K.shape) != tuple(M.shape):
+        raise ValueError(
+            f"K is {K.shape[0]} x {K.shape[1]} but M is {M.shape[0]} x {M.shape[1]}: refine continues a fit "
+            "of M, so K must have M's shape (was K saved from a fit of another size?)"
+        )
     fs = list(K.factors)
     rows = fs.pop(0).perm if fs and isinstance(fs[0], Permutation) else None
     cols = fs.pop().perm if fs and isinstance(fs[-1], Permutation) else None
@@ -519,6 +534,7 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
                 best_loss[s] = ((model.dense([bp[s : s + 1] for bp in best_params]) - target).abs().pow(2).sum() / norm2).item()
         order = torch.argsort(best_loss).tolist()
         status = None if status != "budget" else status
+    finishes = []  # what each second-order finish did, for info["finish"]
     if status is None:
         for rank, s in enumerate(order[: cfg.polish]):
             if rounded_perms:
@@ -530,7 +546,8 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
                 status = "budget"
                 break
             finish = _lm if cfg.finish == "lm" else _lbfgs
-            loss_s, params_s, st, step = finish(model, best_params, s, target, norm2, cfg, t0, trace, step, rank)
+            loss_s, params_s, st, step, stats = finish(model, best_params, s, target, norm2, cfg, t0, trace, step, rank)
+            finishes.append({"start": s, "status": st, "error": math.sqrt(max(loss_s, 0.0)), **stats})
             if loss_s < best_loss[s]:
                 best_loss[s] = loss_s
                 for bp, p in zip(best_params, params_s):
@@ -573,7 +590,7 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
         seconds=time.perf_counter() - t0,
         dtype=in_dtype,
         tol=cfg.tol,
-        message=f"{cfg.describe()}: " + messages[status],
+        message=f"{cfg.describe()}: " + messages[status] + _still_converging(status, finishes, s_best),
         info={
             "structure": cfg.describe(),
             "restarts": cfg.restarts * C,
@@ -584,9 +601,21 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
             "col_perm_fixed": cfg.col_perm is not None,
             "learned_permutations": {k: v.tolist() for k, v in rounded_perms.get(s_best, {}).items()},
             **(_screen_info(cands, owner, best_loss, s_best, screen, adam_ran) if cands else {}),
+            "finish": finishes,
         },
         trace=trace,
     )
+
+
+def _still_converging(status: str, finishes: list, s_best: int) -> str:
+    """A hint for a fit cut off by its budget while the best start's LM was still gaining."""
+    last = [f for f in finishes if f["finish"] == "lm" and f["start"] == s_best][-1:]
+    if status != "budget" or not last or not last[0]["reductions"] or last[0]["reductions"][-1] > 0.9:
+        return ""
+    cuts = ", ".join(f"{x:.2f}" for x in last[0]["reductions"][-3:])
+    return (f"; its LM finish was still converging (error x {cuts} on its last accepted steps): "
+            "continue it with solvers.refine(M, result.kmatrix, time_budget=...), or from the command line "
+            "with kfit fit TARGET --save FILE, then kfit fit TARGET --resume FILE)")
 
 
 class _Polish:
@@ -598,11 +627,13 @@ class _Polish:
         self.label, self.patience = label, patience
         self.best_loss, self.best = float("inf"), None
         self.stall, self.status = 0, "budget"
+        self.stats = {"finish": label.split()[0].lower()}  # what the loop did, for Result.info
         self.bar = _progress(cfg, total=total, desc=f"fit ({label})")
 
     def update(self, loss: float, snapshot, steps: int = 1) -> bool:
         """Record one round; ``snapshot()`` copies the current iterate. True: stop."""
         self.step += steps
+        self.stats["steps"] = self.stats.get("steps", 0) + steps
         if math.isfinite(loss) and loss < self.best_loss:
             self.stall = 0 if loss < 0.9 * self.best_loss else self.stall + 1
             self.best_loss, self.best = loss, snapshot()
@@ -727,6 +758,8 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
     cap = cfg.cg_iters
     book = _Polish(cfg, t0, trace, step, f"LM start {rank + 1}/{cfg.polish}", cfg.lm_steps, patience=cfg.lm_patience)
     book.update(loss, theta.clone, steps=0)
+    st = book.stats
+    st.update(accepted=0, rejected=0, cg_iterations=0, cg_capped=0, reductions=[])
     for _ in range(cfg.lm_steps):
         r, vjp_fn = vjp(residual, theta)
         g = vjp_fn(r)[0]
@@ -735,25 +768,32 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
         damp = lam * (diag + floor)
 
         def normal(v):
+            st["cg_iterations"] += 1
             jv = jvp(residual, (theta,), (v,))[1]
             return vjp_fn(jv)[0] + damp * v
 
         forcing = min(0.1, math.sqrt(math.sqrt(max(loss, 0.0))))
         step_, reached = _cg(normal, -g, cap, precond=1.0 / (diag + floor + damp), rtol=forcing)
         if not reached:
+            st["cg_capped"] += 1
             cap = min(2 * cap, 8 * cfg.cg_iters)
         trial = theta + step_
         r_new = residual(trial)
         new = float(r_new @ r_new)
         if math.isfinite(new) and new < loss:  # accept: trust the quadratic model more
+            st["accepted"] += 1
+            st["reductions"].append(math.sqrt(new / loss) if loss > 0 else 0.0)
             theta, loss = trial, new
             lam = max(lam / 3, 1e-12)
         else:
+            st["rejected"] += 1
             lam *= 4
+        st["final_lambda"] = lam
         if book.update(loss, theta.clone):
             break
     book.close()
-    return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step
+    st["reductions"] = st["reductions"][-5:]
+    return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step, st
 
 
 def _cg(matvec, b, iters, precond=None, rtol=1e-10):
@@ -807,7 +847,7 @@ def _lbfgs(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
         if book.update(cur, lambda: [p.detach()[0].clone() for p in params], steps=50):
             break
     book.close()
-    return book.best_loss, book.best, book.status, book.step
+    return book.best_loss, book.best, book.status, book.step, book.stats
 
 
 def _progress(cfg, total, desc):

@@ -259,3 +259,40 @@ def test_console_script_error_exit_code():
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "no_such_target" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# --resume
+
+
+def test_fit_resume_finishes_a_saved_factorization(capsys, tmp_path):
+    K = kfit.known.dft(16)
+    g = torch.Generator().manual_seed(0)
+    start = kfit.KMatrix([
+        kfit.Butterfly(f.twiddle + 1e-3 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
+        if isinstance(f, kfit.Butterfly) else f
+        for f in K.factors
+    ])
+    F = np.fft.fft(np.eye(16), axis=0, norm="ortho")  # the registry's dft is unitary
+    assert np.linalg.norm(start.to_dense().numpy() - F) > 1e-4 * np.linalg.norm(F)
+    begin, done = tmp_path / "start.kfit", tmp_path / "done.kfit"
+    kfit.save(start, begin)
+    rc, out, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(begin), "--json", "--save", str(done)])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["status"] == "converged" and d["error"] <= 1e-12
+    R = kfit.load(done)
+    assert R.structure() == start.structure()  # the structure and permutation are kept
+    assert np.linalg.norm(R.to_dense().numpy() - F) <= 1e-12 * np.linalg.norm(F)
+
+
+def test_fit_resume_bad_input(capsys, tmp_path):
+    path = tmp_path / "d.kfit"
+    kfit.save(kfit.known.dft(16), path)
+    rc, _, err = _run(capsys, ["fit", "dft", "-n", "32", "--resume", str(path)])
+    assert rc == 2 and "Traceback" not in err
+    assert "K is 16 x 16 but M is 32 x 32" in err
+    rc, _, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(path), "--solver", "identify"])
+    assert rc == 2 and "--resume continues a gradient fit" in err
+    rc, _, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(tmp_path / "missing.kfit")])
+    assert rc == 2 and "missing.kfit" in err

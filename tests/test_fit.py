@@ -412,6 +412,8 @@ def test_refine_resumes_a_fit_that_ran_out_of_iterations():
     kw = dict(chain=("B",), complex=True, real_output=True, col_perm=rev, restarts=16, adam_steps=300, seed=0)
     short = fit_gradient(M, lm_steps=2, polish=1, **kw)  # the finish stops after 2 steps
     assert short.status == "budget" and short.error > 1e-12 and _converging(short)
+    # the message says the finish was still gaining, and how to go on
+    assert short.info["finish"][0]["reductions"][-1] < 0.9 and "solvers.refine" in short.message
     r = refine(M, short.kmatrix, time_budget=120)
     assert r.status == "converged", r.message
     assert rel(dense_from_factors(r.kmatrix), M) <= 1e-12 and r.error < short.error
@@ -451,3 +453,42 @@ def test_auto_recovers_the_dct4():
     assert r.status == "converged", r.message
     ref = scipy.fft.dct(np.eye(n), type=4, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
+
+
+def test_finish_report_counts_what_lm_did(monkeypatch):
+    import solvers.gradient as G
+
+    solves = []  # (matrix-vector products, reached its tolerance) per CG solve, counted outside
+    real_cg = G._cg
+
+    def counting_cg(matvec, b, iters, precond=None, rtol=1e-10):
+        count = [0]
+
+        def counted(v):
+            count[0] += 1
+            return matvec(v)
+
+        x, reached = real_cg(counted, b, iters, precond=precond, rtol=rtol)
+        solves.append((count[0], reached))
+        return x, reached
+
+    monkeypatch.setattr(G, "_cg", counting_cg)
+    K = kfit.known.dft(16)
+    g = torch.Generator().manual_seed(1)
+    start = kfit.KMatrix([
+        kfit.Butterfly(f.twiddle + 1e-2 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
+        if isinstance(f, kfit.Butterfly) else f
+        for f in K.factors
+    ])
+    F = np.fft.fft(np.eye(16), axis=0)
+    r = G.refine(F, start, time_budget=60, cg_iters=2)  # a cap of 2 products: the first solves hit it
+    (f,) = r.info["finish"]
+    assert f["finish"] == "lm" and f["status"] == r.status and f["error"] == pytest.approx(r.error, rel=1e-6)
+    assert f["steps"] == len(solves) == f["accepted"] + f["rejected"]
+    assert f["cg_iterations"] == sum(c for c, _ in solves)
+    assert f["cg_capped"] == sum(not ok for _, ok in solves) >= 1
+    # an accepted step is one whose error fell: the trace's consecutive ratios below 1
+    errs = [e for *_, e, phase in r.trace if phase == "lm"]
+    falls = [b / a for a, b in zip(errs, errs[1:]) if b < a]
+    assert len(falls) == f["accepted"]
+    assert f["reductions"] == pytest.approx(falls[-5:], rel=1e-6)
