@@ -12,6 +12,7 @@ import torch
 
 import kfit
 from kfit._cli import main
+from _fixtures import perturbed
 
 
 def _run(capsys, argv):
@@ -266,13 +267,7 @@ def test_console_script_error_exit_code():
 
 
 def test_fit_resume_finishes_a_saved_factorization(capsys, tmp_path):
-    K = kfit.known.dft(16)
-    g = torch.Generator().manual_seed(0)
-    start = kfit.KMatrix([
-        kfit.Butterfly(f.twiddle + 1e-3 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
-        if isinstance(f, kfit.Butterfly) else f
-        for f in K.factors
-    ])
+    start = perturbed(kfit.known.dft(16), 1e-3)
     F = np.fft.fft(np.eye(16), axis=0, norm="ortho")  # the registry's dft is unitary
     assert np.linalg.norm(start.to_dense().numpy() - F) > 1e-4 * np.linalg.norm(F)
     begin, done = tmp_path / "start.kfit", tmp_path / "done.kfit"

@@ -10,6 +10,7 @@ import torch
 
 import kfit
 import solvers
+from _fixtures import perturbed
 from kfit.targets import bit_reversal
 from solvers import GradientConfig, fit, fit_gradient
 
@@ -426,15 +427,9 @@ def test_refine_resumes_a_fit_that_ran_out_of_iterations():
 def test_refine_takes_a_perturbed_fft_back_to_machine_precision():
     from solvers.gradient import refine
 
+    F = np.fft.fft(np.eye(32), axis=0, norm="ortho")  # kfit.known.dft is unitary
     K = kfit.known.dft(32)
-    g = torch.Generator().manual_seed(0)
-    noisy = [
-        kfit.Butterfly(f.twiddle + 1e-3 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
-        if isinstance(f, kfit.Butterfly) else f
-        for f in K.factors
-    ]
-    F = np.fft.fft(np.eye(32), axis=0)
-    start = kfit.KMatrix(noisy)
+    start = perturbed(K, 1e-3)
     assert rel(dense_from_factors(start), F) > 1e-4
     r = refine(F, start, time_budget=60)
     assert r.status == "converged" and rel(dense_from_factors(r.kmatrix), F) <= 1e-12
@@ -473,13 +468,7 @@ def test_finish_report_counts_what_lm_did(monkeypatch):
         return x, reached
 
     monkeypatch.setattr(G, "_cg", counting_cg)
-    K = kfit.known.dft(16)
-    g = torch.Generator().manual_seed(1)
-    start = kfit.KMatrix([
-        kfit.Butterfly(f.twiddle + 1e-2 * torch.randn(f.twiddle.shape, generator=g, dtype=torch.float64))
-        if isinstance(f, kfit.Butterfly) else f
-        for f in K.factors
-    ])
+    start = perturbed(kfit.known.dft(16), 1e-2, seed=1)
     F = np.fft.fft(np.eye(16), axis=0)
     r = G.refine(F, start, time_budget=60, cg_iters=2)  # a cap of 2 products: the first solves hit it
     (f,) = r.info["finish"]
