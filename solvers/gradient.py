@@ -395,11 +395,10 @@ def refine(M, K, config: GradientConfig | None = None, **overrides) -> Result:
     read from ``K``.
     """
     from kfit import Butterfly, KMatrix, Permutation
+    from kfit._matrix_input import as_matrix
 
     if not isinstance(K, KMatrix):
         raise TypeError(f"K must be a kfit.KMatrix, got {type(K).__name__}")
-    from kfit._matrix_input import as_matrix
-
     M = as_matrix(M, "M")
     if tuple(K.shape) != tuple(M.shape):
         raise ValueError(
@@ -609,10 +608,11 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
 
 def _still_converging(status: str, finishes: list, s_best: int) -> str:
     """A hint for a fit cut off by its budget while the best start's LM was still gaining."""
-    last = [f for f in finishes if f["finish"] == "lm" and f["start"] == s_best][-1:]
-    if status != "budget" or not last or not last[0]["reductions"] or last[0]["reductions"][-1] > 0.9:
+    # each start is polished at most once, so this is the best start's finish, if LM ran
+    lm = next((f for f in finishes if f["start"] == s_best and f["finish"] == "lm"), None)
+    if status != "budget" or lm is None or not lm["reductions"] or lm["reductions"][-1] > 0.9:
         return ""
-    cuts = ", ".join(f"{x:.2f}" for x in last[0]["reductions"][-3:])
+    cuts = ", ".join(f"{x:.2f}" for x in lm["reductions"][-3:])
     return (f"; its LM finish was still converging (error x {cuts} on its last accepted steps): "
             "continue it with solvers.refine(M, result.kmatrix, time_budget=...), or from the command line "
             "with kfit fit TARGET --save FILE, then kfit fit TARGET --resume FILE)")
@@ -788,10 +788,10 @@ def _lm(model, best_params, s, target, norm2, cfg, t0, trace, step, rank):
         else:
             st["rejected"] += 1
             lam *= 4
-        st["final_lambda"] = lam
         if book.update(loss, theta.clone):
             break
     book.close()
+    st["final_lambda"] = lam
     st["reductions"] = st["reductions"][-5:]
     return book.best_loss, [p[0] for p in unflat(book.best)], book.status, book.step, st
 
