@@ -51,6 +51,8 @@ class Permutation(LinearOp):
     """
 
     def __init__(self, perm, *, dtype=torch.float64, device=None):
+        if device is None and isinstance(perm, torch.Tensor):
+            device = perm.device  # validated on the CPU, kept where the caller had it
         idx = _as_index_vector(perm)
         self.n = idx.numel()
         self.batch_shape = torch.Size()
@@ -142,7 +144,7 @@ class Permutation(LinearOp):
 
     def to(self, *args, **kwargs):
         dtype, device = resolve_to(args, kwargs, self._dtype, self.device)
-        return Permutation(self.perm.to(device), dtype=real_dtype_of(dtype))
+        return Permutation(self.perm, dtype=real_dtype_of(dtype), device=device)
 
     def factors(self):
         import scipy.sparse as sp

@@ -102,6 +102,8 @@ class GradientConfig:
     seed : int
         Same seed, same machine: same result.
     device : str
+        Where the starts are computed ("cpu", "cuda", ...). The returned K-matrix is on
+        the CPU, like every solver's result; ``result.kmatrix.to("cuda")`` moves it.
     progress : bool
         Show a progress bar with the current best error.
     """
@@ -186,12 +188,13 @@ class _Model:
         """Start ``s`` as a kfit.KMatrix."""
         from kfit import Butterfly, KMatrix, Permutation
 
+        dev = self.cfg.device  # the permutations' index vectors are kept on the CPU
         fs = []
         if self.rows is not None:
-            fs.append(Permutation(self.rows_perm))
+            fs.append(Permutation(self.rows_perm).to(dev))
         fs += [Butterfly(tw[s].detach().clone(), increasing=inc) for tw, inc in zip(self.twiddles(), self.increasing)]
         if self.cols is not None:
-            fs.append(Permutation(self.cols_perm))
+            fs.append(Permutation(self.cols_perm).to(dev))
         return KMatrix(fs, expansion=self.cfg.expansion, real_output=self.cfg.real_output)
 
 
@@ -570,7 +573,8 @@ def _fit(M, cfg: GradientConfig, start=None) -> Result:
         from kfit import KMatrix
 
         K = KMatrix(K.factors, expansion=K.expansion, real_output=True)
-    err = relative_error(K, target)
+    err = relative_error(K, target)  # on the fitting device
+    K = K.to("cpu")  # like every solver's result, whatever device did the work
     if err.value <= cfg.tol:
         status = "converged"
     elif status in (None, "converged"):

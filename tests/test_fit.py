@@ -481,3 +481,47 @@ def test_finish_report_counts_what_lm_did(monkeypatch):
     falls = [b / a for a, b in zip(errs, errs[1:]) if b < a]
     assert len(falls) == f["accepted"]
     assert f["reductions"] == pytest.approx(falls[-5:], rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the same solvers run on the CPU above)")
+@pytest.mark.parametrize("name", ["hartley", "dct2", "dct4"])
+def test_auto_fits_on_cuda(name):
+    """The automatic search with its gradient fits on a GPU: the batched starts, the LM
+    finish and the screens run on CUDA tensors and still reach machine precision."""
+    import scipy.fft
+
+    n = 16
+    r = fit(kfit.targets.get(name, n), device="cuda", time_budget=240)
+    assert r.status == "converged", r.message
+    if name == "hartley":
+        ref = hartley_np(n)
+    else:
+        ref = getattr(scipy.fft, name[:3])(np.eye(n), type=int(name[3]), norm="ortho", axis=0)
+    assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the same solvers run on the CPU above)")
+def test_gradient_variants_on_cuda():
+    """Learned permutations, the L-BFGS finish and refine, with their tensors on a GPU;
+    each result comes back on the CPU and is checked against scipy / numpy there."""
+    import scipy.fft
+    from solvers.gradient import refine
+
+    n = 8
+    r = fit_gradient(
+        kfit.targets.get("dct2", n), chain=("B*",), complex=True, real_output=True,
+        learn_perm="both", restarts=32, adam_steps=1500, polish=4, time_budget=120, device="cuda",
+    )
+    assert r.status == "converged", r.message
+    assert r.kmatrix.device.type == "cpu"
+    assert rel(dense_from_factors(r.kmatrix), scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0)) <= 1e-12
+
+    M = kfit.targets.get("hartley", n)
+    kw = dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(n), restarts=4, adam_steps=300, polish=1)
+    r = fit_gradient(M, finish="lbfgs", lbfgs_iters=500, time_budget=60, device="cuda", **kw)
+    assert r.error <= min(r.info["start_errors_after_adam"]) * (1 + 1e-9)
+    assert abs(rel(dense_from_factors(r.kmatrix), hartley_np(n)) - r.error) <= 1e-13
+
+    F = np.fft.fft(np.eye(32), axis=0, norm="ortho")
+    r = refine(F, perturbed(kfit.known.dft(32), 1e-3), time_budget=60, device="cuda")
+    assert r.status == "converged" and rel(dense_from_factors(r.kmatrix), F) <= 1e-12

@@ -87,6 +87,16 @@ def test_permutation_keeps_input_dtype(rng):
     assert P.to(torch.float32).to_dense().dtype == torch.float32
 
 
+def test_to_moves_every_factor_to_the_device():
+    """``.to(device)`` moves a Permutation's index vector too (it used to stay on the CPU,
+    so a KMatrix of a permutation and a butterfly could not be moved to a GPU). The meta
+    device stands in for a GPU: it checks placement without one."""
+    P = Permutation.bit_reversal(8)
+    assert P.to("meta").device.type == "meta"
+    K = KMatrix([P, Butterfly.random(8), Diagonal(torch.ones(8, dtype=torch.float64))]).to("meta")
+    assert K.device.type == "meta" and {f.device.type for f in K.factors} == {"meta"}
+
+
 @pytest.mark.parametrize("n", [2**k for k in range(1, 13)])
 def test_bit_reversal_brute_force(n):
     P = Permutation.bit_reversal(n)
