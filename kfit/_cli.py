@@ -67,6 +67,7 @@ def _cmd_fit(args) -> int:
         M = as_matrix(args.target, "TARGET", n=args.n)
     overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
     progress = not args.json and sys.stderr.isatty()
+    restarts = 8 if args.restarts is None else args.restarts
     if args.resume:
         from ._io import load
 
@@ -74,7 +75,17 @@ def _cmd_fit(args) -> int:
             raise ValueError(
                 f"--resume continues a gradient fit, but --solver is {args.solver!r}: drop --solver (or use gradient)"
             )
-        result = solvers.refine(M, load(args.resume), time_budget=args.time_budget, progress=progress, **overrides)
+        structural = [flag for flag, given in (
+            ("--chain", args.chain), ("--complex", args.complex), ("--real-output", args.real_output),
+            ("--expansion", args.expansion is not None), ("--restarts", args.restarts is not None),
+        ) if given]
+        if structural:
+            raise ValueError(
+                f"--resume takes the structure and the start from {args.resume}, so {', '.join(structural)} "
+                "would be ignored: drop them (or fit anew without --resume)"
+            )
+        result = solvers.refine(M, load(args.resume), time_budget=args.time_budget, progress=progress,
+                                device=args.device, **overrides)
     elif args.solver == "identify":
         result = solvers.identify(M, **overrides)
     elif args.solver == "permutation":
@@ -84,11 +95,13 @@ def _cmd_fit(args) -> int:
     elif args.solver == "gradient":
         chain = tuple(args.chain.split()) if args.chain else ("B", "B*")
         result = solvers.fit_gradient(
-            M, chain=chain, complex=args.complex, real_output=args.real_output, expansion=args.expansion,
-            restarts=args.restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress, **overrides,
+            M, chain=chain, complex=args.complex, real_output=args.real_output, expansion=1 if args.expansion is None else args.expansion,
+            restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
+            device=args.device, **overrides,
         )
     elif args.solver == "auto":
-        result = solvers.fit(M, restarts=args.restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress, **overrides)
+        result = solvers.fit(M, restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
+                             device=args.device, **overrides)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown solver {args.solver!r}")
     K = result.kmatrix
@@ -261,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--chain", help="gradient: butterflies in matrix order, e.g. 'B B*' (default) or 'B B* B B*'")
     f.add_argument("--complex", action="store_true", help="gradient: complex twiddles")
     f.add_argument("--real-output", action="store_true", help="gradient: fit the real part (DCT/DST/Hartley)")
-    f.add_argument("--expansion", type=int, default=1, help="gradient: expansion e (default 1)")
-    f.add_argument("--restarts", type=int, default=8, help="random starts fitted at once (default 8)")
+    f.add_argument("--expansion", type=int, help="gradient: expansion e (default 1)")
+    f.add_argument("--restarts", type=int, help="random starts fitted at once (default 8)")
+    f.add_argument("--device", default="cpu", help="auto, gradient, --resume: where the fits run (cpu, cuda); default cpu")
     f.add_argument("--time-budget", type=float, default=600.0, help="seconds for the search (default 600)")
     f.add_argument("--fit-seed", type=int, default=0, help="seed of the random starts (default 0)")
     f.add_argument("--seed", type=int, help="seed of a random target (randn, permutation, circulant, ...)")

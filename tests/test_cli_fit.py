@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import kfit
@@ -291,3 +292,17 @@ def test_fit_resume_bad_input(capsys, tmp_path):
     assert rc == 2 and "--resume continues a gradient fit" in err
     rc, _, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(tmp_path / "missing.kfit")])
     assert rc == 2 and "missing.kfit" in err
+    # the structure comes from the file: options that would change it are refused, not ignored
+    for extra, flag in ((["--chain", "B"], "--chain"), (["--complex"], "--complex"), (["--real-output"], "--real-output"),
+                        (["--expansion", "2"], "--expansion"), (["--restarts", "4"], "--restarts")):
+        rc, _, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(path), *extra])
+        assert rc == 2 and "Traceback" not in err, err
+        assert f"so {flag} would be ignored" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_on_cuda_from_the_command_line(capsys):
+    rc, out, err = _run(capsys, ["fit", "hartley", "-n", "16", "--device", "cuda", "--json"])
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["status"] in ("exact", "converged") and d["error"] <= 1e-12
