@@ -319,13 +319,15 @@ def test_bench_product_rows_with_the_kernel():
 
 # -- compiled kernels on a real GPU --------------------------------------------------------
 _CUDA_CHECK = r'''
-import os, sys, torch
+import os, sys, time, torch
 assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "must run compiled"
 from kfit import Butterfly
 from kfit._products import butterfly_reference
 torch.manual_seed(0)
 worst = 0.0
+t0 = time.perf_counter()
 for dtype in (torch.float32, torch.float64, torch.complex64, torch.complex128):
+    print(f"{time.perf_counter() - t0:6.1f} s: {dtype}", flush=True)  # compiling dominates: say how far it got
     tol = 1e-4 if dtype in (torch.float32, torch.complex64) else 1e-11
     for n in (2, 16, 256, 1024, 4096, 16384):
         for increasing in (True, False):
