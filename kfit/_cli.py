@@ -95,9 +95,9 @@ def _cmd_fit(args) -> int:
     elif args.solver == "gradient":
         chain = tuple(args.chain.split()) if args.chain else ("B", "B*")
         result = solvers.fit_gradient(
-            M, chain=chain, complex=args.complex, real_output=args.real_output, expansion=1 if args.expansion is None else args.expansion,
-            restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
-            device=args.device, **overrides,
+            M, chain=chain, complex=args.complex, real_output=args.real_output,
+            expansion=1 if args.expansion is None else args.expansion, restarts=restarts,
+            time_budget=args.time_budget, seed=args.fit_seed, progress=progress, device=args.device, **overrides,
         )
     elif args.solver == "auto":
         result = solvers.fit(M, restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
