@@ -2,9 +2,14 @@
 against live in _reference.py)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import kfit
+
+#: Devices for tests that run the same solver call everywhere: "cpu", and "cuda" where a
+#: GPU is present (skipped elsewhere; CI has none).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))]
 
 
 def perturbed(K: "kfit.KMatrix", scale: float, seed: int = 0) -> "kfit.KMatrix":

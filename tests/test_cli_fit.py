@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 import kfit
@@ -298,11 +297,3 @@ def test_fit_resume_bad_input(capsys, tmp_path):
         rc, _, err = _run(capsys, ["fit", "dft", "-n", "16", "--resume", str(path), *extra])
         assert rc == 2 and "Traceback" not in err, err
         assert f"so {flag} would be ignored" in err
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_fit_on_cuda_from_the_command_line(capsys):
-    rc, out, err = _run(capsys, ["fit", "hartley", "-n", "16", "--device", "cuda", "--json"])
-    assert rc == 0, err
-    d = json.loads(out)
-    assert d["status"] in ("exact", "converged") and d["error"] <= 1e-12

@@ -10,7 +10,7 @@ import torch
 
 import kfit
 import solvers
-from _fixtures import perturbed
+from _fixtures import DEVICES, perturbed
 from kfit.targets import bit_reversal
 from solvers import GradientConfig, fit, fit_gradient
 
@@ -111,10 +111,12 @@ def test_auto_routes_permutations_and_identifies_before_fitting():
     assert [s["step"] for s in r.info["search"]] == ["identify P·B·P"]
 
 
-def test_auto_fits_hartley_and_records_the_search():
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_fits_hartley_and_records_the_search(device):
     # (At n = 8 the Hartley matrix happens to be P·B·P and is identified in closed form.)
-    r = fit(kfit.targets.get("hartley", 16), time_budget=120)
+    r = fit(kfit.targets.get("hartley", 16), time_budget=120, device=device)
     assert r.status == "converged", r.message
+    assert r.kmatrix.device.type == "cpu"  # whatever device fitted it
     assert r.solver == "gradient"
     assert rel(dense_from_factors(r.kmatrix), hartley_np(16)) <= 1e-12
     steps = [s["step"] for s in r.info["search"]]
@@ -164,27 +166,31 @@ def test_auto_reports_baselines_when_nothing_fits():
     assert "sparse" in r.message and "rank" in r.message
 
 
-def test_cli_fit_auto_and_gradient(capsys):
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_fit_auto_and_gradient(capsys, device):
     from kfit._cli import main
 
-    assert main(["fit", "hartley", "-n", "16", "--time-budget", "120"]) == 0
+    assert main(["fit", "hartley", "-n", "16", "--time-budget", "120", "--device", device]) == 0
     out = capsys.readouterr().out
     assert "converged" in out and "error" in out and "parameters" in out
-    assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60"]) == 0
+    assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60",
+                 "--device", device]) == 0
     assert "converged" in capsys.readouterr().out
 
 
-def test_lbfgs_finish_runs_and_keeps_the_best_iterate():
+@pytest.mark.parametrize("device", DEVICES)
+def test_lbfgs_finish_runs_and_keeps_the_best_iterate(device):
     M = kfit.targets.get("hartley", 8)
     kw = dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(8), restarts=4, adam_steps=300, polish=1)
-    r = fit_gradient(M, finish="lbfgs", lbfgs_iters=500, time_budget=60, **kw)
+    r = fit_gradient(M, finish="lbfgs", lbfgs_iters=500, time_budget=60, device=device, **kw)
     assert r.status in ("converged", "stalled", "budget")
     adam_best = min(r.info["start_errors_after_adam"])
     assert r.error <= adam_best * (1 + 1e-9)  # the polish never returns a worse iterate
     assert abs(rel(dense_from_factors(r.kmatrix), hartley_np(8)) - r.error) <= 1e-13
 
 
-def test_learned_permutations_recover_the_dct2_at_n8():
+@pytest.mark.parametrize("device", DEVICES)
+def test_learned_permutations_recover_the_dct2_at_n8(device):
     """Re(P~ · B* · P~) with both permutations learned (relaxed, rounded, fixed) from random
     starts reproduces the orthonormal DCT-II, checked against scipy."""
     import scipy.fft
@@ -192,7 +198,7 @@ def test_learned_permutations_recover_the_dct2_at_n8():
     n = 8
     r = fit_gradient(
         kfit.targets.get("dct2", n), chain=("B*",), complex=True, real_output=True,
-        learn_perm="both", restarts=32, adam_steps=1500, polish=4, time_budget=120,
+        learn_perm="both", restarts=32, adam_steps=1500, polish=4, time_budget=120, device=device,
     )
     assert r.status == "converged", r.message
     ref = scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0)
@@ -323,12 +329,13 @@ def test_top_level_reorderings_are_the_8_subsets_of_the_top_moves():
     assert [name for name, _ in top_level(2)] == ["id", "sep0"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["dct2", "dst2"])
-def test_auto_recovers_dct2_and_dst2_with_a_top_level_reordering(name):
+def test_auto_recovers_dct2_and_dst2_with_a_top_level_reordering(name, device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get(name, n), time_budget=240)
+    r = fit(kfit.targets.get(name, n), time_budget=240, device=device)
     assert r.status == "converged", r.message
     ref = getattr(scipy.fft, name[:3])(np.eye(n), type=2, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
@@ -424,14 +431,15 @@ def test_refine_resumes_a_fit_that_ran_out_of_iterations():
     assert r.trace and all(phase == "lm" for *_, phase in r.trace)
 
 
-def test_refine_takes_a_perturbed_fft_back_to_machine_precision():
+@pytest.mark.parametrize("device", DEVICES)
+def test_refine_takes_a_perturbed_fft_back_to_machine_precision(device):
     from solvers.gradient import refine
 
     F = np.fft.fft(np.eye(32), axis=0, norm="ortho")  # kfit.known.dft is unitary
     K = kfit.known.dft(32)
     start = perturbed(K, 1e-3)
     assert rel(dense_from_factors(start), F) > 1e-4
-    r = refine(F, start, time_budget=60)
+    r = refine(F, start, time_budget=60, device=device)
     assert r.status == "converged" and rel(dense_from_factors(r.kmatrix), F) <= 1e-12
     with pytest.raises(TypeError, match="K must be a kfit.KMatrix, got ndarray"):
         refine(F, F)
@@ -440,11 +448,12 @@ def test_refine_takes_a_perturbed_fft_back_to_machine_precision():
         refine(F, kfit.KMatrix([K.factors[0], D]))
 
 
-def test_auto_recovers_the_dct4():
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_recovers_the_dct4(device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get("dct4", n), time_budget=240)
+    r = fit(kfit.targets.get("dct4", n), time_budget=240, device=device)
     assert r.status == "converged", r.message
     ref = scipy.fft.dct(np.eye(n), type=4, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
@@ -482,46 +491,3 @@ def test_finish_report_counts_what_lm_did(monkeypatch):
     assert len(falls) == f["accepted"]
     assert f["reductions"] == pytest.approx(falls[-5:], rel=1e-6)
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the same solvers run on the CPU above)")
-@pytest.mark.parametrize("name", ["hartley", "dct2", "dct4"])
-def test_auto_fits_on_cuda(name):
-    """The automatic search with its gradient fits on a GPU: the batched starts, the LM
-    finish and the screens run on CUDA tensors and still reach machine precision."""
-    import scipy.fft
-
-    n = 16
-    r = fit(kfit.targets.get(name, n), device="cuda", time_budget=240)
-    assert r.status == "converged", r.message
-    if name == "hartley":
-        ref = hartley_np(n)
-    else:
-        ref = getattr(scipy.fft, name[:3])(np.eye(n), type=int(name[3]), norm="ortho", axis=0)
-    assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the same solvers run on the CPU above)")
-def test_gradient_variants_on_cuda():
-    """Learned permutations, the L-BFGS finish and refine, with their tensors on a GPU;
-    each result comes back on the CPU and is checked against scipy / numpy there."""
-    import scipy.fft
-    from solvers.gradient import refine
-
-    n = 8
-    r = fit_gradient(
-        kfit.targets.get("dct2", n), chain=("B*",), complex=True, real_output=True,
-        learn_perm="both", restarts=32, adam_steps=1500, polish=4, time_budget=120, device="cuda",
-    )
-    assert r.status == "converged", r.message
-    assert r.kmatrix.device.type == "cpu"
-    assert rel(dense_from_factors(r.kmatrix), scipy.fft.dct(np.eye(n), type=2, norm="ortho", axis=0)) <= 1e-12
-
-    M = kfit.targets.get("hartley", n)
-    kw = dict(chain=("B",), complex=True, real_output=True, col_perm=bit_reversal(n), restarts=4, adam_steps=300, polish=1)
-    r = fit_gradient(M, finish="lbfgs", lbfgs_iters=500, time_budget=60, device="cuda", **kw)
-    assert r.error <= min(r.info["start_errors_after_adam"]) * (1 + 1e-9)
-    assert abs(rel(dense_from_factors(r.kmatrix), hartley_np(n)) - r.error) <= 1e-13
-
-    F = np.fft.fft(np.eye(32), axis=0, norm="ortho")
-    r = refine(F, perturbed(kfit.known.dft(32), 1e-3), time_budget=60, device="cuda")
-    assert r.status == "converged" and rel(dense_from_factors(r.kmatrix), F) <= 1e-12
