@@ -314,7 +314,10 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
                 )
                 r = fit_gradient(M, gcfg)
                 what = gcfg.describe() + (f" [{r.info['candidate']}]" if cands else "")
-            record(r, what + (f" (round {round_ + 1}" + (f", seed {seed})" if seed is not None else ")") if round_ else ""))
+            step = what
+            if round_:  # a retry: which round, and its seed unless it was a resume
+                step += f" (round {round_ + 1}" + ("" if seed is None else f", seed {seed}") + ")"
+            record(r, step)
             if r.status != "converged" and _converging(r) and r.error <= tol**0.5:
                 # Past sqrt(tol) and still converging: resume it at once with all the time
                 # left (it returns early if it stalls) -- DCT-IV n = 128 reached 6e-8 in
