@@ -68,6 +68,12 @@ def _cmd_fit(args) -> int:
     overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
     progress = not args.json and sys.stderr.isatty()
     restarts = 8 if args.restarts is None else args.restarts
+    if args.no_closed_form and (args.solver != "auto" or args.resume):
+        raise ValueError(
+            "--no-closed-form chooses the steps of --solver auto, but "
+            + ("--resume continues a gradient fit" if args.resume else f"--solver is {args.solver!r}")
+            + ": drop --no-closed-form"
+        )
     if args.resume:
         from ._io import load
 
@@ -88,6 +94,8 @@ def _cmd_fit(args) -> int:
                                 device=args.device, **overrides)
     elif args.solver == "identify":
         result = solvers.identify(M, **overrides)
+    elif args.solver == "identify-real":
+        result = solvers.identify_real(M, **overrides)
     elif args.solver == "permutation":
         result = solvers.route_permutation(M)
     elif args.solver == "spectral":
@@ -101,7 +109,7 @@ def _cmd_fit(args) -> int:
         )
     elif args.solver == "auto":
         result = solvers.fit(M, restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
-                             device=args.device, **overrides)
+                             device=args.device, closed_form=not args.no_closed_form, **overrides)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown solver {args.solver!r}")
     K = result.kmatrix
@@ -269,8 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="recover a fast algorithm (K-matrix) for a target matrix")
     f.add_argument("target", help="a registry name (kfit.targets.names()) or a .npy/.npz file")
     f.add_argument("-n", type=int, help="size, for a registry name")
-    f.add_argument("--solver", default="auto", choices=["auto", "identify", "spectral", "gradient", "permutation"],
-                   help="auto (default): permutation, identification, spectral identification, then gradient fits of growing structure")
+    f.add_argument("--solver", default="auto",
+                   choices=["auto", "identify", "identify-real", "spectral", "gradient", "permutation"],
+                   help="auto (default): permutation, identification (of P·B·P, then of Re(P·B·P) for a real "
+                        "target), spectral identification, then gradient fits of growing structure")
+    f.add_argument("--no-closed-form", action="store_true",
+                   help="auto: skip the closed-form steps and run the gradient ladder alone")
     f.add_argument("--chain", help="gradient: butterflies in matrix order, e.g. 'B B*' (default) or 'B B* B B*'")
     f.add_argument("--complex", action="store_true", help="gradient: complex twiddles")
     f.add_argument("--real-output", action="store_true", help="gradient: fit the real part (DCT/DST/Hartley)")

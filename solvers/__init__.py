@@ -8,12 +8,14 @@ from .identify import IdentifyConfig, identify
 from .fit import FitConfig, baselines, fit
 from .gradient import GradientConfig, fit_gradient, refine
 from .permutation import PermutationConfig, detect_permutation, route_permutation
+from .realpart import RealPartConfig, identify_real
 from .spectral import SpectralConfig, spectral
 
 __all__ = [
     "Result",
     "IdentifyConfig", "identify",
     "PermutationConfig", "detect_permutation", "route_permutation",
+    "RealPartConfig", "identify_real",
     "SpectralConfig", "spectral",
     "GradientConfig", "fit_gradient", "refine",
     "FitConfig", "fit", "baselines",

@@ -4,6 +4,9 @@ Cheapest first:
 
 1. a (scaled) permutation -- routed exactly into ``B · B*`` (:mod:`solvers.permutation`);
 2. ``P · B · P`` by closed-form identification (:mod:`solvers.identify`);
+   for a real target also ``Re(P · B · P)`` with a complex butterfly (:mod:`solvers.realpart`:
+   the DCT-II/III/IV, DST-II/III/IV and Hartley matrices, read off the matrix in closed form
+   over 128 candidate permutations);
 3. ``P · B · B* · P^T`` by spectral identification (:mod:`solvers.spectral`): the
    eigenvectors of ``M`` identified as a butterfly (circulants, dyadic convolutions, any
    matrix diagonalised by a butterfly basis with distinct eigenvalues); skipped above
@@ -70,6 +73,11 @@ class FitConfig:
         the ``retry_rungs`` closest rungs from new random starts (another seed, twice the
         starts), until a fit converges or the time budget is spent.
     retry_rungs : int
+    closed_form : bool
+        Try the closed-form steps (permutation, identification of ``P·B·P`` and
+        ``Re(P·B·P)``, spectral identification, the Toeplitz lift) before the gradient
+        ladder. ``False``: the gradient ladder alone -- to study the fitting, or when the
+        closed forms are known not to apply.
     spectral_max_n : int
         Largest matrix given to spectral identification (a dense eigendecomposition,
         O(n^3): ~1 s at n = 1024, ~6 s at 2048 on 2 CPU cores).
@@ -85,6 +93,7 @@ class FitConfig:
     spectral_max_n: int = 2048
     rounds: int = 3
     retry_rungs: int = 2
+    closed_form: bool = True
 
 
 def ladder(n: int, target_is_complex: bool) -> list[dict]:
@@ -237,6 +246,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     from .gradient import GradientConfig, fit_gradient, refine
     from .identify import identify
     from .permutation import detect_permutation, route_permutation
+    from .realpart import identify_real
     from .spectral import spectral
 
     t0 = time.perf_counter()
@@ -256,29 +266,40 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
         r.seconds = time.perf_counter() - t0
         return r
 
-    found = detect_permutation(M)
-    if found is not None:
-        r = route_permutation(perm=found[0], scales=found[1])
-        record(r, "permutation")
-        r.info["search"] = search
-        return r
-    r = identify(M, tol=tol)
-    record(r, "identify P·B·P")
-    if r.status == "exact":
-        return done(r)
-    best = r
-    if n <= cfg.spectral_max_n:
-        r = spectral(M, tol=tol, seed=cfg.seed)
-        record(r, "spectral P·B·B*·Pᵀ")
+    if cfg.max_rung == 0 and not cfg.closed_form:
+        raise ValueError("closed_form=False and max_rung=0 leave nothing to try: allow a gradient rung or the closed forms")
+    best = None
+    if cfg.closed_form:
+        found = detect_permutation(M)
+        if found is not None:
+            r = route_permutation(perm=found[0], scales=found[1])
+            record(r, "permutation")
+            r.info["search"] = search
+            return r
+        r = identify(M, tol=tol)
+        record(r, "identify P·B·P")
         if r.status == "exact":
             return done(r)
-        if r.kmatrix is not None and r.error < best.error:
-            best = r
-    lifted = _toeplitz_lift(M, cfg, tol, search, t0)
-    if lifted is not None and lifted.status in ("converged", "exact"):
-        return done(lifted)
-    if lifted is not None and lifted.error < best.error:
-        best = lifted
+        best = r
+        if not M.is_complex():
+            r = identify_real(M, tol=tol)
+            record(r, "identify Re(P·B·P)")
+            if r.status == "exact":
+                return done(r)
+            if r.kmatrix is not None and r.error < best.error:
+                best = r
+        if n <= cfg.spectral_max_n:
+            r = spectral(M, tol=tol, seed=cfg.seed)
+            record(r, "spectral P·B·B*·Pᵀ")
+            if r.status == "exact":
+                return done(r)
+            if r.kmatrix is not None and r.error < best.error:
+                best = r
+        lifted = _toeplitz_lift(M, cfg, tol, search, t0)
+        if lifted is not None and lifted.status in ("converged", "exact"):
+            return done(lifted)
+        if lifted is not None and lifted.error < best.error:
+            best = lifted
     rungs = ladder(n, M.is_complex())
     if cfg.max_rung is not None:
         rungs = rungs[: cfg.max_rung]
@@ -330,11 +351,17 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             closest[i] = min(closest.get(i, float("inf")), r.error)
             if i not in latest or r.error <= latest[i][0].error:
                 latest[i] = (r, what)
-            if best.kmatrix is None or r.error < best.error:
+            if best is None or best.kmatrix is None or r.error < best.error:
                 best = r
         if cfg.time_budget - (time.perf_counter() - t0) <= 1:
             break
         queue = [(i, rungs[i]) for i in sorted(closest, key=closest.get)[: cfg.retry_rungs]]
+    if best is None:  # closed_form=False and no time for a single rung
+        best = Result(
+            kmatrix=None, error=float("inf"), error_method="none", status="budget", solver="fit", seconds=0.0,
+            dtype=str(M.dtype).replace("torch.", ""), tol=tol,
+            message=f"the time budget ({cfg.time_budget:g} s) ran out before a gradient rung could start",
+        )
     if best.kmatrix is not None:
         best.info["baselines"] = baselines(M, best.kmatrix.n_params)
         b = best.info["baselines"]

@@ -1,0 +1,161 @@
+"""Tests for solvers.identify_real: closed-form recovery of ``M = Re(P_out · B · P_in)``.
+
+The targets come from independent references (``scipy.fft`` for the DCT/DST, numpy's FFT
+for the Hartley matrix, random complex twiddles multiplied out densely here), and every
+result is checked by rebuilding its dense matrix from the returned factors in numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+
+import kfit
+from kfit import Butterfly, KMatrix, Permutation
+from solvers import RealPartConfig, fit, identify_real
+from solvers._permfamily import top_level
+
+SIZES = [4, 8, 16, 32, 64]
+
+
+def dense_from_factors(K: KMatrix) -> np.ndarray:
+    """K's matrix from its factors, in numpy: P[i, perm[i]] = 1, butterflies via to_dense()."""
+    out = None
+    for f in K.factors:
+        if isinstance(f, Permutation):
+            d = np.zeros((f.n, f.n))
+            d[np.arange(f.n), f.perm.numpy()] = 1
+        else:
+            d = f.to_dense().numpy()
+        out = d if out is None else out @ d
+    return out.real if K.real_output else out
+
+
+def rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def reference(name: str, n: int) -> np.ndarray:
+    eye = np.eye(n)
+    if name == "hartley":
+        F = np.fft.fft(eye, axis=0)
+        return (F.real - F.imag) / np.sqrt(n)  # cas(2 pi jk / n) / sqrt(n)
+    kind, t = name[:3], int(name[3:])
+    return getattr(scipy.fft, kind)(eye, type=t, norm="ortho", axis=0)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("name", ["dct2", "dst2", "dct3", "dst3", "dct4", "dst4", "hartley"])
+def test_recovers_the_real_fast_transforms(name, n):
+    M = reference(name, n)
+    r = identify_real(M)
+    assert r.status == "exact", r.message
+    assert r.solver == "identify_real" and r.dtype == "float64"
+    K = r.kmatrix
+    assert K.real_output and K.dtype == torch.float64
+    assert any(f.is_complex for f in K.factors if isinstance(f, Butterfly))
+    assert sum(isinstance(f, Butterfly) for f in K.factors) == 1
+    err = rel(dense_from_factors(K), M)
+    assert err <= 1e-13
+    assert abs(err - r.error) <= 1e-14  # the reported error is the error
+    assert r.info["candidate"] and r.info["candidates_tried"] >= 1
+
+
+@pytest.mark.parametrize("name", ["dct2", "dct4", "hartley"])
+def test_recovers_n_256_and_the_reordering_is_a_real_permutation(name):
+    n = 256
+    M = reference(name, n)
+    r = identify_real(torch.from_numpy(M))
+    assert r.status == "exact" and rel(dense_from_factors(r.kmatrix), M) <= 1e-13
+    for f in r.kmatrix.factors:
+        if isinstance(f, Permutation):
+            assert sorted(f.perm.tolist()) == list(range(n))
+    # n log n structure: one butterfly of n/2 complex 2x2 blocks per level
+    B = next(f for f in r.kmatrix.factors if isinstance(f, Butterfly))
+    assert B.twiddle.shape == (8, n // 2, 2, 2)
+
+
+def random_complex_butterfly(n, seed, increasing=True):
+    """Gaussian complex twiddles (not unitary: the generic case)."""
+    g = torch.Generator().manual_seed(seed)
+    L = n.bit_length() - 1
+    tw = torch.complex(torch.randn(L, n // 2, 2, 2, generator=g, dtype=torch.float64),
+                       torch.randn(L, n // 2, 2, 2, generator=g, dtype=torch.float64))
+    return Butterfly(tw, increasing=increasing)
+
+
+def perm_dense(p) -> np.ndarray:
+    p = np.asarray(p)
+    d = np.zeros((len(p), len(p)))
+    d[np.arange(len(p)), p] = 1
+    return d
+
+
+@pytest.mark.parametrize("n", [16, 32, 64])
+@pytest.mark.parametrize("increasing", [True, False])
+def test_recovers_the_real_part_of_random_butterflies(n, increasing):
+    B = random_complex_butterfly(n, seed=n, increasing=increasing).to_dense().numpy()
+    rev = Permutation.bit_reversal(n).perm.numpy()
+    q = dict(top_level(n))["sep0+rev1_0"].numpy()
+    P_in = q[rev]  # (P x)[i] = x[q[rev[i]]]: a top-level reordering, then the bit reversal
+    M = (B @ perm_dense(P_in)).real
+    r = identify_real(M)
+    assert r.status == "exact", r.message
+    assert rel(dense_from_factors(r.kmatrix), M) <= 1e-12
+    # Known permutations: the single candidate is the truth.
+    r = identify_real(M, row_perm="identity", col_perm=P_in, chain="B" if increasing else "B*")
+    assert r.status == "exact" and r.info["candidates_tried"] == 1
+    assert rel(dense_from_factors(r.kmatrix), M) <= 1e-12
+
+
+@pytest.mark.parametrize("name,n", [("legendre", 32), ("randn", 64), ("circulant", 32)])
+def test_matrices_without_the_structure_are_not_in_class(name, n):
+    M = kfit.targets.get(name, n)
+    r = identify_real(M)
+    assert r.status == "not_in_class"
+    assert not r.success and r.error > 1e-3
+    assert "not of the form Re(P·B·P)" in r.message
+    assert r.info["candidates_tried"] == 128  # every candidate, both orientations
+
+
+def test_float32_input_and_noise():
+    M = reference("dct2", 64)
+    r = identify_real(M.astype(np.float32))
+    assert r.status == "exact" and r.tol == 1e-5 and r.dtype == "float32"
+    assert r.kmatrix.dtype == torch.float32
+    assert next(f for f in r.kmatrix.factors if isinstance(f, Butterfly)).dtype == torch.complex64
+    assert rel(dense_from_factors(r.kmatrix), M) <= 1e-5
+    noisy = M + 1e-10 * np.random.default_rng(0).standard_normal(M.shape)
+    r = identify_real(noisy)
+    assert r.status == "approximate", r.message  # structure found, error at the noise level
+    assert 1e-12 < r.error < 1e-8
+
+
+def test_bad_input_is_refused_with_a_clear_message():
+    with pytest.raises(ValueError, match="M is complex .* use solvers.identify"):
+        identify_real(np.fft.fft(np.eye(8)))
+    with pytest.raises(ValueError, match=r"chain must be None, 'B' or 'B\*', got 'C'"):
+        identify_real(reference("dct2", 8), chain="C")
+    with pytest.raises(ValueError, match="power of two"):
+        identify_real(np.eye(6))
+    with pytest.raises(ValueError, match="col_perm has length 4 but the matrix is 8x8"):
+        identify_real(reference("dct2", 8), col_perm=[0, 1, 2, 3])
+    assert RealPartConfig().chain is None
+
+
+@pytest.mark.parametrize("name", ["dct2", "dct4", "hartley"])
+def test_auto_finds_the_real_transforms_in_closed_form(name):
+    n = 32
+    r = fit(reference(name, n))
+    assert r.solver == "identify_real" and r.status == "exact"
+    assert [s["step"] for s in r.info["search"]] == ["identify P·B·P", "identify Re(P·B·P)"]
+    assert rel(dense_from_factors(r.kmatrix), reference(name, n)) <= 1e-13
+
+
+def test_cli_identify_real(capsys):
+    from kfit._cli import main
+
+    assert main(["fit", "dst2", "-n", "64", "--solver", "identify-real"]) == 0
+    out = capsys.readouterr().out
+    assert "identify_real" in out and "exact" in out
