@@ -221,8 +221,9 @@ def test_committed_catalog_verifies():
 def test_committed_catalog_coverage_and_size():
     rows = catalog.rows(REPO_CATALOG)
     have = {(r["target"], r["n"]) for r in rows}
-    # Exact identification and permutation routing recover these at every size.
-    for t in ("dft", "idft", "hadamard", "permutation"):
+    # Exact identification (of P·B·P and of Re(P·B·P)) and permutation routing recover
+    # these at every size.
+    for t in ("dft", "idft", "hadamard", "permutation", "dct2", "dst2", "dct4", "hartley"):
         for n in (8, 16, 32, 64, 128, 256, 512, 1024):
             assert (t, n) in have, f"{t} n={n} missing from the committed catalog"
     for t in ("dct2", "dst2", "dct4", "hartley", "circulant", "toeplitz"):

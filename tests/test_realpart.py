@@ -159,3 +159,12 @@ def test_cli_identify_real(capsys):
     assert main(["fit", "dst2", "-n", "64", "--solver", "identify-real"]) == 0
     out = capsys.readouterr().out
     assert "identify_real" in out and "exact" in out
+
+
+@pytest.mark.parametrize("extra", [["--solver", "identify"], ["--resume", "missing.kfit"]])
+def test_cli_no_closed_form_is_refused_outside_auto(capsys, extra):
+    from kfit._cli import main
+
+    assert main(["fit", "dct2", "-n", "8", "--no-closed-form", *extra]) == 2
+    err = capsys.readouterr().err
+    assert "--no-closed-form chooses the steps of --solver auto" in err and "Traceback" not in err
