@@ -154,7 +154,8 @@ def _cmd_bench(args) -> int:
     if args.what == "fit":
         ns = tuple(args.n) if args.n else (8, 16, 32, 64, 128, 256)
         names = tuple(args.targets.split(",")) if args.targets else _bench.FIT_TARGETS
-        _bench.bench_fit(ns=ns, targets=names, time_budget=args.time_budget, restarts=args.restarts, device=args.device)
+        _bench.bench_fit(ns=ns, targets=names, time_budget=args.time_budget, restarts=args.restarts, device=args.device,
+                         closed_form=not args.no_closed_form)
         return 0
     if args.what == "identify":
         ns = tuple(args.n) if args.n else (256, 1024, 4096)
@@ -306,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--targets", help="fit: comma-separated target names (default: the issue's list)")
     b.add_argument("--time-budget", type=float, default=600.0, help="fit: seconds per case (default 600)")
     b.add_argument("--restarts", type=int, default=8, help="fit: random starts (default 8)")
+    b.add_argument("--no-closed-form", action="store_true",
+                   help="fit: the gradient ladder alone, from random starts (skip the closed-form steps)")
     b.add_argument("--repeats", type=int, default=3, help="identify: runs per size (best is kept)")
     b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096; product on cuda: 256 ... 16384)")
     b.add_argument("--batch", type=int, help="product: vectors per product (default 1024; on cuda see --batches)")

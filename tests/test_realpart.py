@@ -168,3 +168,18 @@ def test_cli_no_closed_form_is_refused_outside_auto(capsys, extra):
     assert main(["fit", "dct2", "-n", "8", "--no-closed-form", *extra]) == 2
     err = capsys.readouterr().err
     assert "--no-closed-form chooses the steps of --solver auto" in err and "Traceback" not in err
+
+
+def test_bench_fit_with_and_without_the_closed_forms(capsys):
+    from kfit._cli import main
+
+    assert main(["bench", "fit", "-n", "16", "--targets", "dct2"]) == 0
+    out = capsys.readouterr().out
+    assert "solvers.fit (auto)" in out
+    row = next(line for line in out.splitlines() if line.startswith("dct2"))
+    assert " exact " in row and row.endswith("(identify_real)")
+    assert main(["bench", "fit", "-n", "8", "--targets", "hadamard", "--no-closed-form", "--time-budget", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "gradient ladder only" in out
+    row = next(line for line in out.splitlines() if line.startswith("hadamard"))
+    assert row.endswith("(gradient)")
