@@ -359,6 +359,19 @@ def _parse_perm(p, n, name):
     return perm
 
 
+def _chain(P_out, B, P_in) -> list:
+    """The factors ``[P_out, B, P_in]`` with identity permutations left out, the
+    permutations in B's real precision."""
+    from kfit import Permutation
+
+    identity, dtype = Permutation.identity(B.n), B.twiddle.real.dtype
+    factors = [Permutation(P_out.perm, dtype=dtype)] if P_out != identity else []
+    factors.append(B)
+    if P_in != identity:
+        factors.append(Permutation(P_in.perm, dtype=dtype))
+    return factors
+
+
 def identify(M, config: IdentifyConfig | None = None, **overrides) -> Result:
     """Identify ``M = P_out · B · P_in`` (``B`` a butterfly, increasing strides) in closed form.
 
@@ -419,13 +432,7 @@ def identify(M, config: IdentifyConfig | None = None, **overrides) -> Result:
     P_in_total = found_in if P_in is None else (found_in @ P_in)
     out_dtype = in_dtype if in_dtype.is_complex or in_dtype.is_floating_point else torch.float64
     B = Butterfly(tw.to(torch.complex128 if A.is_complex() else torch.float64), increasing=True)
-    factors = []
-    if P_out_total != Permutation.identity(n):
-        factors.append(Permutation(P_out_total.perm, dtype=B.twiddle.real.dtype))
-    factors.append(B)
-    if P_in_total != Permutation.identity(n):
-        factors.append(Permutation(P_in_total.perm, dtype=B.twiddle.real.dtype))
-    K = KMatrix([f.to(A.device) for f in factors])
+    K = KMatrix([f.to(A.device) for f in _chain(P_out_total, B, P_in_total)])
     err = relative_error(K, A)
     L = n.bit_length() - 1
     info = {

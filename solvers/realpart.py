@@ -251,9 +251,9 @@ def _solve_half(U: torch.Tensor, V: torch.Tensor, detect_tol: float):
     if worst > detect_tol:
         diag["reason"] = f"rank test failed: edge residual {worst:.2e} > detect_tol {detect_tol:.0e}"
         return None, diag
-    v = [None] * m
+    v = [None] * m  # every non-real row is set below: pinned, propagated or from its cycles
     for r in range(m):
-        if pins[r][0] and not real[r]:
+        if pins[r][0]:  # (edges, and so pins, join non-real rows only)
             v[r] = _common_root(*pins[r])
     comps = _components(nbrs, real)
     for members in comps:
@@ -285,8 +285,7 @@ def _solve_half(U: torch.Tensor, V: torch.Tensor, detect_tol: float):
         root = _FALLBACK if root is None else root
         for r in members:
             v[r] = _unit(maps[r] @ root)
-    coef = np.array([([0.0, 1.0] if zero_u[r] else [1.0, 0.0]) if real[r] else (v[r] if v[r] is not None else _FALLBACK)
-                     for r in range(m)], dtype=complex)
+    coef = np.array([([0.0, 1.0] if zero_u[r] else [1.0, 0.0]) if real[r] else v[r] for r in range(m)], dtype=complex)
     X = coef[:, :1] * U.numpy() + coef[:, 1:] * V.numpy()
     # Relative conjugations, searched along the edges (each component has one free choice).
     flip = [None] * m
@@ -370,15 +369,15 @@ def _candidates(n, row_perm, col_perm, chain):
     # Measured: the DCT-II, DST-II, DCT-IV and DST-IV are Re(B · bitrev·Q) with Makhoul's Q,
     # the Hartley matrix Re(B · bitrev), the DCT-III and DST-III their transposes: first.
     likely = ("B, P_out: identity, P_in: bitrev·sep0+rev2_0", "B, P_out: identity, P_in: bitrev·id")
-    out = []
+    out = []  # (label without the transpose, candidate); the sort is stable
     for transposed in (False, True):
         for ch in chains:
             for o_name, Po in outs:
                 for i_name, Pi in ins:
                     label = f"{ch}, {o_name}, {i_name}"
-                    out.append(((f"transpose of (" if transposed else ""), label, (")" if transposed else ""),
-                                Po, Pi, ch, transposed))
-    return [("".join(c[:3]), *c[3:]) for c in sorted(out, key=lambda c: c[1] not in likely)]
+                    shown = f"transpose of ({label})" if transposed else label
+                    out.append((label, (shown, Po, Pi, ch, transposed)))
+    return [cand for label, cand in sorted(out, key=lambda c: c[0] not in likely)]
 
 
 def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Result:
@@ -402,10 +401,10 @@ def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Resul
         ``info`` holds the candidate (permutations, stride order), how many were tried,
         and the rank-test diagnostics.
     """
-    from kfit import Butterfly, KMatrix, Permutation
+    from kfit import KMatrix
     from kfit._error import relative_error
 
-    from .identify import identify
+    from .identify import _chain, identify
 
     t0 = time.perf_counter()
     cfg = replace(config or RealPartConfig(), **overrides)
@@ -431,20 +430,14 @@ def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Resul
             reasons = [diags["reason"]] if "reason" in diags else [d["reason"] for d in diags.values() if "reason" in d]
             rejected[label] = reasons[0] if reasons else "rejected"
             continue
+        # known (identity) permutations: identify returns KMatrix([B]), never a routing
         r = identify(C, row_perm="identity", col_perm="identity", detect_tol=detect_tol)
-        B = r.kmatrix.factors[0]
-        if not isinstance(B, Butterfly):  # identify routed a permutation-like C elsewhere
-            rejected[label] = f"the lifted matrix was not identified as a butterfly ({r.status})"
-            continue
+        (B,) = r.kmatrix.factors
         if chain == "B*":
             B = B.transpose()
         if transposed:  # M = Re(P_out B P_in)^T = Re(P_in^T B^T P_out^T)
             P_out, B, P_in = P_in.inverse(), B.transpose(), P_out.inverse()
-        factors = [Permutation(P_out.perm, dtype=torch.float64)] if P_out != Permutation.identity(n) else []
-        factors.append(B)
-        if P_in != Permutation.identity(n):
-            factors.append(Permutation(P_in.perm, dtype=torch.float64))
-        K = KMatrix(factors, real_output=True)
+        K = KMatrix(_chain(P_out, B, P_in), real_output=True)
         err = relative_error(K, A0)
         cand = (err.value, err.method, K, label, "B" if B.increasing else "B*", diags, r.status)
         if best is None or err.value < best[0]:

@@ -2,7 +2,8 @@
 
 The targets come from independent references (``scipy.fft`` for the DCT/DST, numpy's FFT
 for the Hartley matrix, random complex twiddles multiplied out densely here), and every
-result is checked by rebuilding its dense matrix from the returned factors in numpy.
+result is checked by rebuilding its dense matrix from the returned factors in numpy
+(``tests/_reference.op_dense``, level by level from the twiddles).
 """
 from __future__ import annotations
 
@@ -12,28 +13,15 @@ import scipy.fft
 import torch
 
 import kfit
-from kfit import Butterfly, KMatrix, Permutation
+from kfit import Butterfly, Permutation
 from solvers import RealPartConfig, fit, identify_real
 from solvers._permfamily import top_level
 
+from _reference import op_dense as dense_from_factors  # independent per-level construction
+from _reference import perm_dense
+from _reference import rel_err as rel
+
 SIZES = [4, 8, 16, 32, 64]
-
-
-def dense_from_factors(K: KMatrix) -> np.ndarray:
-    """K's matrix from its factors, in numpy: P[i, perm[i]] = 1, butterflies via to_dense()."""
-    out = None
-    for f in K.factors:
-        if isinstance(f, Permutation):
-            d = np.zeros((f.n, f.n))
-            d[np.arange(f.n), f.perm.numpy()] = 1
-        else:
-            d = f.to_dense().numpy()
-        out = d if out is None else out @ d
-    return out.real if K.real_output else out
-
-
-def rel(a, b) -> float:
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def reference(name: str, n: int) -> np.ndarray:
@@ -83,13 +71,6 @@ def random_complex_butterfly(n, seed, increasing=True):
     tw = torch.complex(torch.randn(L, n // 2, 2, 2, generator=g, dtype=torch.float64),
                        torch.randn(L, n // 2, 2, 2, generator=g, dtype=torch.float64))
     return Butterfly(tw, increasing=increasing)
-
-
-def perm_dense(p) -> np.ndarray:
-    p = np.asarray(p)
-    d = np.zeros((len(p), len(p)))
-    d[np.arange(len(p)), p] = 1
-    return d
 
 
 @pytest.mark.parametrize("n", [16, 32, 64])
