@@ -152,37 +152,44 @@ class Butterfly(LinearOp):
         return f", {'increasing' if self.increasing else 'decreasing'} stride"
 
     # -- products --------------------------------------------------------------------------
-    def _apply3(self, x, path):
+    def _apply3(self, x, path, alloc=None):
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
-        chosen = _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1])
+        tracked = _products._tracked(x, tw)
+        chosen = _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1], autograd=tracked)
         if chosen == "triton":
             from ._triton import butterfly_triton  # imports triton: only on this path
 
             return butterfly_triton(x, tw, self.increasing)
         if chosen == "fused":
-            ws = self.__dict__.setdefault("_workspace", {})
-            return _products.apply_fused_blocks(x, self._fused_blocks(tw), self.increasing, ws)
+            if tracked:  # autograd: two matmuls, few saved tensors
+                return _products.apply_fused_blocks(x, self._plan(tw, "two"), self.increasing)
+            plan = self._plan(tw, "pass")
+            T = max(x.shape[0], plan[0].shape[0])
+            out = None if alloc is None else alloc((T, *x.shape[1:]), x.dtype)
+            return _products.apply_pass_plan(x, plan, self.increasing, _products.workspace(self), out)
         return _products.butterfly_reference(x, tw, self.increasing)
 
-    def _fused_blocks(self, tw):
-        """The dense blocks of the fused path, cached while the twiddles are unchanged.
+    def _plan(self, tw, kind: str):
+        """The blocks of the fused path (``kind``: "two" matmuls under autograd, "pass" plan
+        otherwise), cached while the twiddles are unchanged.
 
         The cache holds a copy of the twiddles it was built from and is reused only when
         they are still equal (O(n log n) to check, against O(batch n sqrt n) for the
         product), so in-place edits -- even through ``.data`` -- are always seen. Not
         cached when autograd needs the blocks (twiddles requiring grad, grad enabled).
         """
+        build = _products.fused_blocks if kind == "two" else _products.pass_plan
         if torch.is_grad_enabled() and self.twiddle.requires_grad:
-            return _products.fused_blocks(tw, self.increasing)
-        cached = getattr(self, "_blocks_cache", None)
+            return build(tw, self.increasing)
+        cache = self.__dict__.setdefault("_plan_cache", {})
+        cached = cache.get(kind)
         if cached is not None and cached[0].dtype == tw.dtype and cached[0].device == tw.device and torch.equal(cached[0], tw):
             return cached[1]
         tw = tw.detach()
-        blocks = _products.fused_blocks(tw, self.increasing)
-        self._blocks_cache = (tw.clone(), blocks)
-        return blocks
+        cache[kind] = (tw.clone(), build(tw, self.increasing))
+        return cache[kind][1]
 
     def to_dense(self, *, path: str | None = None) -> torch.Tensor:
         """The dense matrix ``(*batch, n, n)``, built by recursive doubling in ~2 n^2 work.

@@ -45,8 +45,12 @@ class LinearOp:
     batch_shape: torch.Size
 
     # -- to be provided by subclasses ------------------------------------------------
-    def _apply3(self, x: torch.Tensor, path: str | None) -> torch.Tensor:  # pragma: no cover
-        """(Tx, M, n) -> (T, M, n) on canonical, dtype-promoted input."""
+    def _apply3(self, x: torch.Tensor, path: str | None, alloc=None) -> torch.Tensor:  # pragma: no cover
+        """(Tx, M, n) -> (T, M, n) on canonical, dtype-promoted input.
+
+        ``alloc(shape, dtype)``, when given, supplies a reusable buffer the result may be
+        written to instead of a fresh tensor (a K-matrix's intermediates; never used while
+        autograd records)."""
         raise NotImplementedError
 
     def _flops(self, in_complex: bool) -> tuple[int, bool]:  # pragma: no cover
@@ -111,9 +115,10 @@ class LinearOp:
         """Apply to a batch of row vectors ``x`` of shape ``(..., n)``; see the module doc.
 
         ``path`` picks the product implementation: "auto" (default: the Triton kernel on
-        CUDA tensors when triton is installed, else "fused" for n >= 16 and 8+ vectors,
-        else "reference"), "reference", "fused" or "triton" (CUDA tensors, or the CPU
-        under ``TRITON_INTERPRET=1``); ``KFIT_PRODUCT_PATH`` sets the default.
+        CUDA tensors when triton is installed, else "fused"; while autograd records, only
+        for n >= 16 and 8+ vectors, else "reference"), "reference", "fused" or "triton"
+        (CUDA tensors, or the CPU under ``TRITON_INTERPRET=1``); ``KFIT_PRODUCT_PATH``
+        sets the default.
         """
         x3, out_shape = self._canonical_input(x)
         y = self._apply3(x3, path)

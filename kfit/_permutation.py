@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ._linear import LinearOp, resolve_to
+from ._products import _tracked
 from ._validate import check_finite, check_float_dtype, check_power_of_two, real_dtype_of
 
 
@@ -117,12 +118,14 @@ class Permutation(LinearOp):
     def _flops(self, in_complex):
         return 0, in_complex
 
-    def _apply3(self, x, path):
+    def _apply3(self, x, path, alloc=None):
         # gather with a broadcast (stride-0) index beats index_select along the last dim
         # 1.3-3.5x on CPU (1024x1024 complex64: 0.40 vs 1.38 ms; 4096^2 complex128: 109 vs
         # 344 ms) and advanced indexing more still; it is differentiable like both.
         idx = self.perm.to(x.device) if self.perm.device != x.device else self.perm
-        return torch.gather(x, -1, idx.expand(x.shape))
+        if alloc is None or _tracked(x):
+            return torch.gather(x, -1, idx.expand(x.shape))
+        return torch.gather(x, -1, idx.expand(x.shape), out=alloc(x.shape, x.dtype))
 
     def inverse(self) -> "Permutation":
         return Permutation(torch.argsort(self.perm), dtype=self._dtype, device=self.device)
@@ -207,9 +210,14 @@ class Diagonal(LinearOp):
             per = 1
         return self.n * per, self.is_complex or in_complex
 
-    def _apply3(self, x, path):
+    def _apply3(self, x, path, alloc=None):
         v = self.values.reshape(-1, 1, self.n)
-        return x * v.to(x.dtype) if x.is_complex() and not v.is_complex() else x * v
+        if x.is_complex() and not v.is_complex():
+            v = v.to(x.dtype)
+        if alloc is None or _tracked(x, v):
+            return x * v
+        shape = (max(x.shape[0], v.shape[0]), *x.shape[1:])
+        return torch.mul(x, v, out=alloc(shape, torch.result_type(x, v)))
 
     def transpose(self):
         return self

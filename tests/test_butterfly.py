@@ -72,6 +72,45 @@ def test_product_matches_reference(n, cplx, increasing, path, rng):
     assert rel_err(y1, _ref_rows(tw, increasing, X[1:2])[0]) <= 1e-12
 
 
+@pytest.mark.parametrize("increasing", [True, False], ids=["inc", "dec"])
+@pytest.mark.parametrize("cplx", [False, True], ids=["real", "complex"])
+@pytest.mark.parametrize("n", POWERS_TO_4096)
+def test_fused_under_autograd_matches_reference(n, cplx, increasing, rng):
+    """With autograd recording, the fused path runs its two-matmul plan (without, the pass
+    plan that test_product_matches_reference checks): the same values at every size, and
+    input gradients ``G A`` for a real butterfly ``A``."""
+    tw = _twiddles(rng, n, cplx)
+    B = Butterfly(torch.from_numpy(tw).requires_grad_(), increasing=increasing)
+    X = random_vectors(rng, (3, n), complex_=cplx)
+    x = torch.from_numpy(X).requires_grad_()
+    y = B(x, path="fused")
+    assert y.requires_grad
+    assert rel_err(y.detach(), _ref_rows(tw, increasing, X)) <= 1e-12
+    if not cplx and n <= DENSE_MAX:
+        G = random_vectors(rng, (3, n))
+        (y * torch.from_numpy(G)).sum().backward()
+        assert rel_err(x.grad, G @ butterfly_dense(tw, increasing)) <= 1e-12
+
+
+def test_fused_plan_follows_autograd(rng, monkeypatch):
+    """The two fused plans are picked by whether autograd records, and nothing else."""
+    from kfit import _products
+
+    calls = []
+    for name in ("apply_fused_blocks", "apply_pass_plan"):
+        real = getattr(_products, name)
+        monkeypatch.setattr(_products, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    n = 64
+    tw = torch.from_numpy(_twiddles(rng, n, False))
+    x = torch.from_numpy(random_vectors(rng, (8, n)))
+    Butterfly(tw)(x, path="fused")
+    Butterfly(tw)(x.clone().requires_grad_(), path="fused")
+    Butterfly(tw.clone().requires_grad_())(x, path="fused")
+    with torch.no_grad():
+        Butterfly(tw.clone().requires_grad_())(x.clone().requires_grad_(), path="fused")
+    assert calls == ["apply_pass_plan", "apply_fused_blocks", "apply_fused_blocks", "apply_pass_plan"]
+
+
 @pytest.mark.parametrize("path", [None, *PATHS], ids=["default", *PATHS])
 @pytest.mark.parametrize("increasing", [True, False], ids=["inc", "dec"])
 @pytest.mark.parametrize("n", [2, 4, 16, 64, 256, 1024])

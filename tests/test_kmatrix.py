@@ -278,6 +278,69 @@ def test_nested_kmatrix(rng):
     assert rel_err(nested.to_dense(), op_dense(plain) @ op_dense(nested.factors[1])) <= 1e-12
 
 
+def _chains(rng, n):
+    inner = KMatrix([rbfly(rng, n, cplx=True), rperm(rng, n)], real_output=True)
+    return [
+        KMatrix([rbfly(rng, n), rperm(rng, n)]),  # a butterfly writes the result
+        KMatrix([rperm(rng, n), rbfly(rng, n, cplx=True), rdiag(rng, n)]),  # a permutation does
+        KMatrix([rdiag(rng, n), inner, rbfly(rng, n, increasing=False)]),  # nested, real part inside
+        KMatrix([rbfly(rng, 2 * n), rdiag(rng, 2 * n), rbfly(rng, 2 * n, increasing=False)], expansion=2),
+        inner,
+    ]
+
+
+def test_results_are_never_the_reused_intermediate_buffers(rng):
+    """A chain's intermediates live in buffers reused from call to call; what a product
+    returns never does, so a later product cannot change an earlier result."""
+    n = 64
+    for K in _chains(rng, n):
+        A = op_dense(K)
+        for path in PATHS:
+            X1, X2 = random_vectors(rng, (2, 16, n))
+            y1 = K(torch.from_numpy(X1), path=path)
+            kept = y1.clone()
+            y2 = K(torch.from_numpy(X2), path=path)
+            assert torch.equal(y1, kept), (K.structure(), path)
+            assert rel_err(y1, apply_rows(A, X1)) <= 1e-12 and rel_err(y2, apply_rows(A, X2)) <= 1e-12
+
+
+def test_threads_sharing_a_kmatrix_get_their_own_buffers(rng):
+    import threading
+
+    n = 256
+    K = _chains(rng, n)[2]
+    A = op_dense(K)
+    X = random_vectors(rng, (4, 64, n))
+    errors = [[] for _ in X]
+
+    def work(i):
+        for _ in range(15):
+            errors[i].append(rel_err(K(torch.from_numpy(X[i]), path="fused"), apply_rows(A, X[i])))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(X))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(e) == 15 and max(e) <= 1e-12 for e in errors), [max(e) for e in errors]
+
+
+def test_two_forwards_then_one_backward(rng):
+    """With a parameter that requires grad, nothing autograd saved is a reused buffer."""
+    n = 32
+    B, P = rbfly(rng, n), rperm(rng, n)
+    d = torch.from_numpy(random_vectors(rng, (n,)) + 0.5).requires_grad_()
+    K = KMatrix([B, Diagonal(d), P])
+    X1, X2 = random_vectors(rng, (2, 8, n))
+    for path in PATHS:
+        d.grad = None
+        (K(torch.from_numpy(X1), path=path).sum() + K(torch.from_numpy(X2), path=path).sum()).backward()
+        # sum(B diag(d) P x) over rows: gradient (B^T 1) * (P x), summed over the rows
+        PX = (np.concatenate([X1, X2]) @ op_dense(P).T)
+        expect = (op_dense(B).T @ np.ones(n)) * PX.sum(0)
+        assert rel_err(d.grad, expect) <= 1e-12
+
+
 @pytest.mark.parametrize("expansion", [2, 4])
 @pytest.mark.parametrize("cplx", [False, True], ids=["real", "complex"])
 def test_expansion_corner(expansion, cplx, rng):

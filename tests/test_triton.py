@@ -248,8 +248,10 @@ def test_resolve_path_triton(monkeypatch):
     monkeypatch.delenv("KFIT_PRODUCT_PATH")
     # "auto" on the CPU is unchanged: the interpreter is never chosen by itself
     assert _products.resolve_path("auto", 64, cpu, rows=100) == "fused"
-    assert _products.resolve_path("auto", 64, cpu, rows=2) == "reference"
-    assert _products.resolve_path("auto", 8, cpu) == "reference"
+    assert _products.resolve_path("auto", 64, cpu, rows=2) == "fused"
+    assert _products.resolve_path("auto", 64, cpu, rows=2, autograd=True) == "reference"
+    assert _products.resolve_path("auto", 8, cpu, autograd=True) == "reference"
+    assert _products.resolve_path("auto", 64, cpu, rows=100, autograd=True) == "fused"
 
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError) as ei:
