@@ -337,7 +337,10 @@ def _lift(A: torch.Tensor, detect_tol: float):
         # the top-level twiddles: Re(d X[i]) = target row, two real unknowns per row
         basis = torch.stack([X.real, -X.imag], -1)  # (h, h, 2)
         for rows, target in ((slice(0, h), U), (slice(h, n), V)):
-            sol = torch.linalg.lstsq(basis, target[..., None]).solution[..., 0]
+            # gelsd (SVD): the default gelsy reads uninitialised memory on rank-deficient
+            # systems -- here every real row, whose basis has a zero column -- and returned
+            # a zero solution about once per thousand calls (pytorch/pytorch#71222).
+            sol = torch.linalg.lstsq(basis, target[..., None], driver="gelsd").solution[..., 0]
             C[rows, cols] = torch.complex(sol[:, 0], sol[:, 1])[:, None] * X
     miss = float(torch.linalg.matrix_norm(C.real - A) / torch.linalg.matrix_norm(A).clamp_min(1e-300))
     if miss > detect_tol:  # an inconsistent choice somewhere (a degenerate row): not this candidate
