@@ -93,7 +93,7 @@ def circulant(kernel, *, dtype=None, device=None) -> KMatrix:
     K-matrix takes the real part of its output (exact, since ``C`` is real).
     """
     c = _as_vector(kernel, "kernel")
-    n = check_power_of_two(c.numel(), "len(kernel)")
+    check_power_of_two(c.numel(), "len(kernel)")
     dtype = complex_dtype_of(dtype or torch.float64)
     fs = [f.to(device) for f in _circulant_factors(c, dtype)]
     return KMatrix(fs, real_output=not c.is_complex())
@@ -110,7 +110,7 @@ def toeplitz(c, r=None, *, dtype=None, device=None) -> KMatrix:
     r = c.conj() if r is None else _as_vector(r, "r")
     if r.numel() != c.numel():
         raise ValueError(f"c and r must have the same length, got {c.numel()} and {r.numel()}")
-    n = check_power_of_two(c.numel(), "len(c)")
+    check_power_of_two(c.numel(), "len(c)")
     cplx = c.is_complex() or r.is_complex()
     dt = torch.complex128 if cplx else torch.float64
     kernel = torch.cat([c.to(dt), torch.zeros(1, dtype=dt), r.to(dt).flip(0)[:-1]])

@@ -9,7 +9,6 @@ import scipy.linalg
 import torch
 
 import kfit
-import solvers
 from _fixtures import DEVICES, perturbed
 from kfit.targets import bit_reversal
 from solvers import GradientConfig, fit, fit_gradient
