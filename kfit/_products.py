@@ -147,11 +147,6 @@ def fused_blocks(twiddle: torch.Tensor, increasing: bool, k: int | None = None, 
     return low_t, high_t, C, R
 
 
-def butterfly_fused(x: torch.Tensor, twiddle: torch.Tensor, increasing: bool, k: int | None = None) -> torch.Tensor:
-    """The levels fused into two batched matmuls; same result as the reference."""
-    return apply_fused_blocks(x, fused_blocks(twiddle, increasing, k), increasing)
-
-
 #: Scratch buffers are reused across calls up to this many bytes each: fresh multi-MB
 #: allocations can cost page faults that rival the matmuls themselves on CPU (measured:
 #: 1024 x 1024 complex64 B @ P, two fresh intermediates, 4064 page faults and ~2x the time).
