@@ -150,7 +150,9 @@ def fused_blocks(twiddle: torch.Tensor, increasing: bool, k: int | None = None, 
 #: Scratch buffers are reused across calls up to this many bytes each: fresh multi-MB
 #: allocations can cost page faults that rival the matmuls themselves on CPU (measured:
 #: 1024 x 1024 complex64 B @ P, two fresh intermediates, 4064 page faults and ~2x the time).
-WORKSPACE_MAX_BYTES = 256 * 2**20
+#: An operator keeps at most two per thread for its products (a K-matrix two more for its
+#: intermediates); larger products allocate afresh, where the arithmetic dominates anyway.
+WORKSPACE_MAX_BYTES = 64 * 2**20
 
 
 def workspace(owner) -> dict:
