@@ -92,6 +92,22 @@ def test_fused_under_autograd_matches_reference(n, cplx, increasing, rng):
         assert rel_err(x.grad, G @ butterfly_dense(tw, increasing)) <= 1e-12
 
 
+def test_scratch_buffers_are_kept_only_below_the_size_limit(rng, monkeypatch):
+    from kfit import _products
+
+    n = 64
+    tw = _twiddles(rng, n, False)
+    X = random_vectors(rng, (16, n))
+    held = lambda B: [b for ws in B.__dict__.get("_workspaces", {}).values() for _, b in ws.values()]
+    B = Butterfly(torch.from_numpy(tw))
+    assert rel_err(B(torch.from_numpy(X), path="fused"), _ref_rows(tw, True, X)) <= 1e-12
+    assert len(held(B)) == 2 and all(b.numel() == X.size for b in held(B))
+    monkeypatch.setattr(_products, "WORKSPACE_MAX_BYTES", X.nbytes - 1)
+    B = Butterfly(torch.from_numpy(tw))
+    assert rel_err(B(torch.from_numpy(X), path="fused"), _ref_rows(tw, True, X)) <= 1e-12
+    assert held(B) == []
+
+
 def test_fused_plan_follows_autograd(rng, monkeypatch):
     """The two fused plans are picked by whether autograd records, and nothing else."""
     from kfit import _products
