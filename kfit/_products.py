@@ -19,7 +19,7 @@ Two paths compute the same thing:
     sqrt(n) blocks (the "four-step"/Monarch form): the levels whose stride is < C = 2^k
     act inside contiguous blocks of size C, the others along the strided index ``i // C``
     for each fixed ``i % C``;
-  - :func:`apply_pass_plan` (no autograd) -- the five lowest levels as one batched matmul
+  - :func:`apply_pass_plan` (CPU, no autograd) -- the five lowest levels as one batched matmul
     of 32 x 32 blocks, then one elementwise pass per remaining level on a block-major
     layout: no full transpose, which is what the two-matmul plan spends most on (CPU).
 """
