@@ -666,3 +666,18 @@ def test_property_adjoint_twice_is_identity(m, cplx, increasing, seed):
     assert torch.equal(BTT.twiddle, B.twiddle) and BTT.increasing is increasing
     X = random_vectors(rng, (2, n), complex_=True)
     assert rel_err(BHH(torch.from_numpy(X)), X @ butterfly_dense(tw, increasing).T) <= 1e-12
+
+
+def test_bench_product_cpu_table_runs():
+    """``kfit bench product`` on the CPU: every column timed, ratios printed (the numbers
+    themselves are the benchmark's business, not the tests')."""
+    from kfit import _bench
+    from kfit._cli import main
+
+    lines = []
+    rows = _bench.bench_product(ns=(16,), batch=4, min_run_time=1e-3, out=lines.append)
+    assert [r["kind"] for r in rows] == ["real butterfly f32", "complex DFT c64"]
+    assert all(r[k] > 0 for r in rows for k in ("reference", "fused", "dense"))
+    assert np.isnan(rows[0]["fft"]) and rows[1]["fft"] > 0
+    assert "best of 3 rounds" in lines[1] and lines[2].split()[-2:] == ["dense/fused", "fft/fused"]
+    assert main(["bench", "product", "-n", "8", "--batch", "2", "--min-time", "0.001"]) == 0
