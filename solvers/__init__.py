@@ -8,6 +8,7 @@ from .identify import IdentifyConfig, identify
 from .fit import FitConfig, baselines, fit
 from .gradient import GradientConfig, fit_gradient, refine
 from .permutation import PermutationConfig, detect_permutation, route_permutation
+from .projection import ProjectionConfig, fit_projection
 from .realpart import RealPartConfig, identify_real
 from .spectral import SpectralConfig, spectral
 
@@ -16,6 +17,7 @@ __all__ = [
     "IdentifyConfig", "identify",
     "PermutationConfig", "detect_permutation", "route_permutation",
     "RealPartConfig", "identify_real",
+    "ProjectionConfig", "fit_projection",
     "SpectralConfig", "spectral",
     "GradientConfig", "fit_gradient", "refine",
     "FitConfig", "fit", "baselines",

@@ -383,6 +383,34 @@ def _candidates(n, row_perm, col_perm, chain):
     return [cand for label, cand in sorted(out, key=lambda c: c[0] not in likely)]
 
 
+def candidate_target(A0: torch.Tensor, cand) -> torch.Tensor:
+    """The real matrix ``A`` with ``Re(C) = A`` for an increasing-stride butterfly ``C`` that a
+    candidate ``(label, P_out, P_in, chain, transposed)`` of :func:`_candidates` implies:
+    ``P_out^-1 · M · P_in^-1`` (of ``M^T`` if transposed), transposed for ``chain="B*"``."""
+    _, P_out, P_in, chain, transposed = cand
+    A = (A0.T if transposed else A0)[P_out.inverse().perm][:, P_in.perm]
+    return A.T.contiguous() if chain == "B*" else A
+
+
+def assemble(C: torch.Tensor, cand, detect_tol: float):
+    """``(KMatrix, identify status)``: the real-output K-matrix of ``M`` from the complex
+    butterfly ``C`` (dense, increasing strides) found for ``candidate_target(M, cand)``; the
+    twiddles are read off ``C`` by :func:`solvers.identify` with identity permutations."""
+    from kfit import KMatrix
+
+    from .identify import _chain, identify
+
+    _, P_out, P_in, chain, transposed = cand
+    # known (identity) permutations: identify returns KMatrix([B]), never a routing
+    r = identify(C, row_perm="identity", col_perm="identity", detect_tol=detect_tol)
+    (B,) = r.kmatrix.factors
+    if chain == "B*":
+        B = B.transpose()
+    if transposed:  # M = Re(P_out B P_in)^T = Re(P_in^T B^T P_out^T)
+        P_out, B, P_in = P_in.inverse(), B.transpose(), P_out.inverse()
+    return KMatrix(_chain(P_out, B, P_in), real_output=True), r.status
+
+
 def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Result:
     """Identify ``M = Re(P_out · B · P_in)`` (``B`` a complex butterfly) in closed form.
 
@@ -404,10 +432,7 @@ def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Resul
         ``info`` holds the candidate (permutations, stride order), how many were tried,
         and the rank-test diagnostics.
     """
-    from kfit import KMatrix
     from kfit._error import relative_error
-
-    from .identify import _chain, identify
 
     t0 = time.perf_counter()
     cfg = replace(config or RealPartConfig(), **overrides)
@@ -425,26 +450,19 @@ def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Resul
     candidates = _candidates(n, cfg.row_perm, cfg.col_perm, cfg.chain)
     if cfg.row_perm is not None or cfg.col_perm is not None:
         candidates = [c for c in candidates if not c[4]]  # given permutations are for M itself
-    for label, P_out, P_in, chain, transposed in candidates:
+    for cand in candidates:
+        label = cand[0]
         tried += 1
-        A = (A0.T if transposed else A0)[P_out.inverse().perm][:, P_in.perm]  # P_out^-1 M P_in^-1
-        C, diags = _lift(A.T.contiguous() if chain == "B*" else A, detect_tol)
+        C, diags = _lift(candidate_target(A0, cand), detect_tol)
         if C is None:
             reasons = [diags["reason"]] if "reason" in diags else [d["reason"] for d in diags.values() if "reason" in d]
             rejected[label] = reasons[0] if reasons else "rejected"
             continue
-        # known (identity) permutations: identify returns KMatrix([B]), never a routing
-        r = identify(C, row_perm="identity", col_perm="identity", detect_tol=detect_tol)
-        (B,) = r.kmatrix.factors
-        if chain == "B*":
-            B = B.transpose()
-        if transposed:  # M = Re(P_out B P_in)^T = Re(P_in^T B^T P_out^T)
-            P_out, B, P_in = P_in.inverse(), B.transpose(), P_out.inverse()
-        K = KMatrix(_chain(P_out, B, P_in), real_output=True)
+        K, id_status = assemble(C, cand, detect_tol)
         err = relative_error(K, A0)
-        cand = (err.value, err.method, K, label, "B" if B.increasing else "B*", diags, r.status)
+        found = (err.value, err.method, K, label, "B" if K.butterflies[0].increasing else "B*", diags, id_status)
         if best is None or err.value < best[0]:
-            best = cand
+            best = found
         if err.value <= tol:
             break
     info = {"candidates_tried": tried, "detect_tol": detect_tol}

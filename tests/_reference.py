@@ -37,6 +37,19 @@ def rel_err(got, ref) -> float:
     return float(np.linalg.norm(g - r) / den)
 
 
+def real_transform(name: str, n: int) -> np.ndarray:
+    """The orthonormal real transform ``name`` (dct1..4, dst1..4 from scipy.fft, or hartley:
+    ``cas(2 pi jk / n) / sqrt(n)`` from numpy's FFT) as an n x n matrix."""
+    import scipy.fft
+
+    eye = np.eye(n)
+    if name == "hartley":
+        F = np.fft.fft(eye, axis=0)
+        return (F.real - F.imag) / np.sqrt(n)
+    kind, t = name[:3], int(name[3:])
+    return getattr(scipy.fft, kind)(eye, type=t, norm="ortho", axis=0)
+
+
 def log2(n: int) -> int:
     m = n.bit_length() - 1
     assert 1 << m == n

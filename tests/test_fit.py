@@ -112,8 +112,9 @@ def test_auto_routes_permutations_and_identifies_before_fitting():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_auto_fits_hartley_and_records_the_search(device):
-    # The gradient ladder alone (the closed forms identify the Hartley matrix: see test_realpart).
-    r = fit(kfit.targets.get("hartley", 16), time_budget=120, device=device, closed_form=False)
+    # The gradient ladder alone (the closed forms identify the Hartley matrix: see test_realpart;
+    # the alternating projections fit it: see test_projection).
+    r = fit(kfit.targets.get("hartley", 16), time_budget=120, device=device, closed_form=False, projection=False)
     assert r.status == "converged", r.message
     assert r.kmatrix.device.type == "cpu"  # whatever device fitted it
     assert r.solver == "gradient"
@@ -170,7 +171,8 @@ def test_auto_reports_baselines_when_nothing_fits():
 def test_cli_fit_auto_and_gradient(capsys, device):
     from kfit._cli import main
 
-    assert main(["fit", "hartley", "-n", "16", "--time-budget", "120", "--device", device, "--no-closed-form"]) == 0
+    assert main(["fit", "hartley", "-n", "16", "--time-budget", "120", "--device", device, "--no-closed-form",
+                 "--no-projection"]) == 0
     out = capsys.readouterr().out
     assert "converged" in out and "error" in out and "parameters" in out
     assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60",
@@ -335,7 +337,7 @@ def test_auto_recovers_dct2_and_dst2_with_a_top_level_reordering(name, device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get(name, n), time_budget=240, device=device, closed_form=False)
+    r = fit(kfit.targets.get(name, n), time_budget=240, device=device, closed_form=False, projection=False)
     assert r.status == "converged", r.message
     ref = getattr(scipy.fft, name[:3])(np.eye(n), type=2, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
@@ -453,7 +455,7 @@ def test_auto_recovers_the_dct4(device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get("dct4", n), time_budget=240, device=device, closed_form=False)
+    r = fit(kfit.targets.get("dct4", n), time_budget=240, device=device, closed_form=False, projection=False)
     assert r.status == "converged", r.message
     ref = scipy.fft.dct(np.eye(n), type=4, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.fft
 import torch
 
 import kfit
@@ -19,18 +18,10 @@ from solvers._permfamily import top_level
 
 from _reference import op_dense as dense_from_factors  # independent per-level construction
 from _reference import perm_dense
+from _reference import real_transform as reference
 from _reference import rel_err as rel
 
 SIZES = [4, 8, 16, 32, 64]
-
-
-def reference(name: str, n: int) -> np.ndarray:
-    eye = np.eye(n)
-    if name == "hartley":
-        F = np.fft.fft(eye, axis=0)
-        return (F.real - F.imag) / np.sqrt(n)  # cas(2 pi jk / n) / sqrt(n)
-    kind, t = name[:3], int(name[3:])
-    return getattr(scipy.fft, kind)(eye, type=t, norm="ortho", axis=0)
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -175,6 +166,12 @@ def test_bench_fit_with_and_without_the_closed_forms(capsys):
     assert " exact " in row and row.endswith("(identify_real)")
     assert main(["bench", "fit", "-n", "8", "--targets", "hadamard", "--no-closed-form", "--time-budget", "60"]) == 0
     out = capsys.readouterr().out
-    assert "gradient ladder only" in out
+    assert "fits from random starts only" in out
+    row = next(line for line in out.splitlines() if line.startswith("hadamard"))
+    assert " converged " in row and row.endswith("(projection)")  # a real target: Re(B) fitted first
+    assert main(["bench", "fit", "-n", "8", "--targets", "hadamard", "--no-closed-form", "--no-projection",
+                 "--time-budget", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "no alternating projections" in out
     row = next(line for line in out.splitlines() if line.startswith("hadamard"))
     assert row.endswith("(gradient)")
