@@ -12,14 +12,18 @@ Cheapest first:
    matrix diagonalised by a butterfly basis with distinct eigenvalues); skipped above
    ``spectral_max_n``;
 4. a Toeplitz matrix (constant diagonals) that is not a circulant is lifted to the
-   circulant of twice the size, which is identified spectrally (or, failing that, fitted
-   as a complex ``B · B*`` from random starts), and the corner (expansion 2) is returned;
+   circulant of twice the size, which is identified spectrally (or, failing that or with
+   ``closed_form=False``, fitted as a complex ``B · B*`` from random starts), and the
+   corner (expansion 2) is returned;
    a circulant that step 3 could not identify (repeated eigenvalues, e.g. a symmetric
    kernel) is fitted as a complex ``B · B*`` the same way;
 5. for a real target, ``Re(P · B · P)`` fitted from a random start by relaxed alternating
    projections (:mod:`solvers.projection`), the permutations screened over
-   identify_real's 128 candidates -- the DCT-II/III/IV, DST-II/III/IV and Hartley
-   matrices converge at every size measured (8 ... 1024), with no closed form;
+   identify_real's 128 candidates -- the DCT-II/III/IV, DST-II and Hartley matrices
+   converged at every size measured (8 ... 1024), with no closed form. Its
+   twiddles are complex: with ``closed_form=False`` a real butterfly target (the Hadamard
+   matrix) is answered as ``Re(P·Bℂ·P)``, twice the parameters of the real ``B`` that
+   ``identify`` finds (or the gradient ladder, with ``projection=False``);
 6. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
    the time budget, until one reaches ``tol`` -- then up to ``rounds - 1`` more passes
    over the closest rungs, from fresh random starts, while the budget lasts:
@@ -80,9 +84,10 @@ class FitConfig:
     retry_rungs : int
     closed_form : bool
         Try the closed-form steps (permutation, identification of ``P·B·P`` and
-        ``Re(P·B·P)``, spectral identification, the Toeplitz lift) before the gradient
-        ladder. ``False``: the gradient ladder alone -- to study the fitting, or when the
-        closed forms are known not to apply.
+        ``Re(P·B·P)``, spectral identification, also of a Toeplitz matrix's circulant lift)
+        first. ``False``: only fits from random starts (the lift's circulant fitted as
+        ``B · B*``, the projections, the gradient ladder) -- to study the fitting, or when
+        the closed forms are known not to apply.
     projection : bool
         For a real target, fit ``Re(P·B·P)`` by relaxed alternating projections from a random
         start (:mod:`solvers.projection`, up to half the remaining budget) before the
@@ -207,7 +212,7 @@ def _toeplitz_lift(M, cfg, tol, search, t0):
         idx = torch.arange(2 * n)
         C = kernel[(idx[:, None] - idx[None, :]) % (2 * n)]
         expansion, what = 2, "Toeplitz lifted to its 2n circulant, fitted as B · B* (complex), corner taken"
-    if not circulant and C.shape[0] <= cfg.spectral_max_n:
+    if not circulant and cfg.closed_form and C.shape[0] <= cfg.spectral_max_n:
         from .spectral import spectral
 
         r = spectral(C, tol=tol, seed=cfg.seed)
@@ -309,11 +314,13 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
                 return done(r)
             if r.kmatrix is not None and r.error < best.error:
                 best = r
-        lifted = _toeplitz_lift(M, cfg, tol, search, t0)
-        if lifted is not None and lifted.status in ("converged", "exact"):
-            return done(lifted)
-        if lifted is not None and lifted.error < best.error:
-            best = lifted
+    # The Toeplitz lift is an embedding read off the matrix's constant diagonals, its
+    # circulant fitted from random starts (or, with the closed forms, identified spectrally).
+    lifted = _toeplitz_lift(M, cfg, tol, search, t0)
+    if lifted is not None and lifted.status in ("converged", "exact"):
+        return done(lifted)
+    if lifted is not None and (best is None or best.kmatrix is None or lifted.error < best.error):
+        best = lifted
     if cfg.projection and not M.is_complex():
         remaining = cfg.time_budget - (time.perf_counter() - t0)
         if remaining > 1:

@@ -217,14 +217,16 @@ def test_learn_perm_conflicts_with_a_fixed_one():
                      col_perm=bit_reversal(8), learn_perm="in")
 
 
+@pytest.mark.parametrize("closed_form", [True, False])
 @pytest.mark.parametrize("name", ["circulant", "toeplitz"])
-def test_convolutions_fit_from_random_starts(name):
+def test_convolutions_fit_from_random_starts(name, closed_form):
     n = 16
     M = kfit.targets.get(name, n, seed=5)
-    # spectral identification off: this is the gradient route (tests/test_spectral.py
-    # covers the spectral one, which fit() tries first)
-    r = fit(M, time_budget=200, spectral_max_n=0)
+    # spectral identification off (spectral_max_n=0, or no closed forms at all): this is the
+    # gradient route through the circulant (lift), which tests/test_spectral.py's doesn't cover
+    r = fit(M, time_budget=200, spectral_max_n=0) if closed_form else fit(M, time_budget=200, closed_form=False)
     assert r.status == "converged" and r.solver == "gradient", r.message
+    assert r.info["search"][-1]["step"] == ("circulant, B · B*" if name == "circulant" else "Toeplitz -> circulant 2n, B · B*")
     rng = np.random.default_rng(5)  # independent reference from the same seed, via scipy
     if name == "circulant":
         ref = scipy.linalg.circulant(rng.standard_normal(n))
