@@ -69,6 +69,16 @@ def test_fits_the_real_transforms_from_random_starts(name, n):
     assert r.info["candidates"] == 128 and r.trace[0][3] == "screen"
 
 
+def test_the_screen_cuts_the_far_candidates_at_once():
+    # Halving alone would go 64, 32, 16, ...; once the right candidates pull ahead (after
+    # ~10 iterations) the 10x rule drops the rest in one cut.
+    r = fit_projection(real_transform("dct2", 64))
+    cuts = r.info["candidates_after_each_cut"]
+    assert cuts[0] == 64 and cuts[-1] == 1 and cuts == sorted(cuts, reverse=True)
+    assert any(c < (p + 1) // 2 for p, c in zip(cuts, cuts[1:])), cuts
+    assert len(cuts) < 7  # fewer cuts than halving's 7 (128 -> 1)
+
+
 def test_raar_alone_reaches_machine_precision():
     # No second-order finish: the projections themselves converge (DCT-II, n = 16).
     M = real_transform("dct2", 16)
