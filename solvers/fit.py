@@ -19,8 +19,9 @@ Cheapest first:
    kernel) is fitted as a complex ``B · B*`` the same way;
 5. for a real target, ``Re(P · B · P)`` fitted from a random start by relaxed alternating
    projections (:mod:`solvers.projection`), the permutations screened over
-   identify_real's 128 candidates -- the DCT-II/III/IV, DST-II and Hartley matrices
-   converged at every size measured (8 ... 1024), with no closed form. Its
+   identify_real's 128 candidates -- the DCT-II/III/IV, DST-II/IV, Hartley and
+   Hadamard matrices converged at every size measured (8 ... 256; the DCT-II, DST-II,
+   DCT-IV and Hartley also at 512 and 1024), with no closed form. Its
    twiddles are complex: with ``closed_form=False`` a real butterfly target (the Hadamard
    matrix) is answered as ``Re(P·Bℂ·P)``, twice the parameters of the real ``B`` that
    ``identify`` finds (or the gradient ladder, with ``projection=False``);

@@ -58,7 +58,7 @@ def test_projection_of_any_matrix_is_a_butterfly_and_batches():
 
 
 @pytest.mark.parametrize("n", [8, 16, 32])
-@pytest.mark.parametrize("name", ["dct2", "dst2", "dct3", "dct4", "hartley"])
+@pytest.mark.parametrize("name", ["dct2", "dst2", "dct3", "dct4", "dst4", "hartley"])
 def test_fits_the_real_transforms_from_random_starts(name, n):
     M = real_transform(name, n)
     r = fit_projection(M, time_budget=120)
