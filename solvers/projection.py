@@ -40,7 +40,8 @@ every ``screen_every`` (4) iterations the worse half is dropped (successive halv
 with it every candidate more than 10x worse than the leader: a wrong candidate stays near
 error 1 while a right one falls fast (below 1e-2 in ten iterations), so the screen is cheap
 and clear. Measured at n = 256: the screen takes 4 s of the 4-15 s of a fit (10 iterations
-between cuts: 27 s of 37 s at n = 512, most of it the first round of 128 candidates). The survivor runs until ``tol``, a stall or the budget.
+between cuts: 27 s of 37 s at n = 512, most of it the first round of 128 candidates). The
+survivor runs until ``tol``, a stall or the budget.
 
 Status: ``"converged"`` (error <= tol), ``"stalled"`` (no 1 % gain in ``patience``
 iterations) or ``"budget"`` (time or iterations spent); non-convergence never raises.
@@ -53,7 +54,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ._result import Result, square_target
+from ._result import Result
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def fit_projection(M, config: ProjectionConfig | None = None, **overrides) -> Re
     from kfit._error import relative_error
 
     from .gradient import _progress
-    from .realpart import _candidates, assemble, candidate_target
+    from .realpart import assemble, candidate_target, real_problem
 
     t0 = time.perf_counter()
     cfg = replace(config or ProjectionConfig(), **overrides)
@@ -216,20 +217,11 @@ def fit_projection(M, config: ProjectionConfig | None = None, **overrides) -> Re
     for name in ("starts", "max_iters", "patience", "screen_every"):
         if not isinstance(getattr(cfg, name), int) or getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    if cfg.chain not in (None, "B", "B*"):
-        raise ValueError(f"chain must be None, 'B' or 'B*', got {cfg.chain!r}")
     if cfg.finish not in ("lm", "none"):
         raise ValueError(f"finish must be 'lm' or 'none', got {cfg.finish!r}")
-    M, n, single, tol = square_target(M, cfg.tol)
-    if M.is_complex():
-        raise ValueError(
-            f"M is complex ({M.dtype}) but fit_projection fits the real part of a butterfly: pass a "
-            "real matrix, or use solvers.identify / solvers.fit_gradient for a complex one"
-        )
-    A0 = M.to(torch.float64).cpu()
-    cands = _candidates(n, cfg.row_perm, cfg.col_perm, cfg.chain)
-    if cfg.row_perm is not None or cfg.col_perm is not None:
-        cands = [c for c in cands if not c[4]]  # given permutations are for M itself
+    M, A0, single, tol, cands = real_problem(M, cfg, "fit_projection fits",
+                                             "solvers.identify / solvers.fit_gradient")
+    n = A0.shape[0]
     C = len(cands)
     g = torch.Generator().manual_seed(cfg.seed)
     trace: list = []

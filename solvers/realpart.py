@@ -352,7 +352,8 @@ def _lift(A: torch.Tensor, detect_tol: float):
 def _candidates(n, row_perm, col_perm, chain):
     """(label, P_out, P_in, chain, transposed): the given permutations, or the searched
     family; ``transposed``: the candidate is for ``M^T`` (the DCT-III is the DCT-II's
-    transpose, its reordering on the output side)."""
+    transpose, its reordering on the output side), searched only when neither
+    permutation is given."""
     from kfit import Permutation
 
     from ._permfamily import top_level
@@ -373,7 +374,8 @@ def _candidates(n, row_perm, col_perm, chain):
     # the Hartley matrix Re(B · bitrev), the DCT-III and DST-III their transposes: first.
     likely = ("B, P_out: identity, P_in: bitrev·sep0+rev2_0", "B, P_out: identity, P_in: bitrev·id")
     out = []  # (label without the transpose, candidate); the sort is stable
-    for transposed in (False, True):
+    # given permutations are for M itself: no candidates for M^T then
+    for transposed in (False, True) if P_out is None and P_in is None else (False,):
         for ch in chains:
             for o_name, Po in outs:
                 for i_name, Pi in ins:
@@ -381,6 +383,23 @@ def _candidates(n, row_perm, col_perm, chain):
                     shown = f"transpose of ({label})" if transposed else label
                     out.append((label, (shown, Po, Pi, ch, transposed)))
     return [cand for label, cand in sorted(out, key=lambda c: c[0] not in likely)]
+
+
+def real_problem(M, cfg, what: str, otherwise: str):
+    """The checked input of a solver for ``M = Re(P_out · B · P_in)``: ``(M, A0, single, tol,
+    candidates)``, ``M`` as a torch matrix, ``A0`` its float64 CPU copy, ``tol`` ``cfg.tol`` or
+    the precision's default, the candidates of :func:`_candidates` for ``cfg``'s
+    ``row_perm``, ``col_perm`` and ``chain``. ``what`` and ``otherwise`` word the error for a
+    complex ``M`` (what the solver does, what to use instead)."""
+    if cfg.chain not in (None, "B", "B*"):
+        raise ValueError(f"chain must be None, 'B' or 'B*', got {cfg.chain!r}")
+    M, n, single, tol = square_target(M, cfg.tol)
+    if M.is_complex():
+        raise ValueError(
+            f"M is complex ({M.dtype}) but {what} the real part of a butterfly: pass a real matrix, or use "
+            f"{otherwise} for a complex one"
+        )
+    return M, M.to(torch.float64).cpu(), single, tol, _candidates(n, cfg.row_perm, cfg.col_perm, cfg.chain)
 
 
 def candidate_target(A0: torch.Tensor, cand) -> torch.Tensor:
@@ -436,20 +455,9 @@ def identify_real(M, config: RealPartConfig | None = None, **overrides) -> Resul
 
     t0 = time.perf_counter()
     cfg = replace(config or RealPartConfig(), **overrides)
-    if cfg.chain not in (None, "B", "B*"):
-        raise ValueError(f"chain must be None, 'B' or 'B*', got {cfg.chain!r}")
-    M, n, single, tol = square_target(M, cfg.tol)
-    if M.is_complex():
-        raise ValueError(
-            f"M is complex ({M.dtype}) but identify_real recovers the real part of a butterfly: "
-            "pass a real matrix, or use solvers.identify for a complex one"
-        )
+    M, A0, single, tol, candidates = real_problem(M, cfg, "identify_real recovers", "solvers.identify")
     detect_tol = cfg.detect_tol if cfg.detect_tol is not None else (1e-3 if single else 1e-6)
-    A0 = M.to(torch.float64).cpu()
     best, tried, rejected = None, 0, {}
-    candidates = _candidates(n, cfg.row_perm, cfg.col_perm, cfg.chain)
-    if cfg.row_perm is not None or cfg.col_perm is not None:
-        candidates = [c for c in candidates if not c[4]]  # given permutations are for M itself
     for cand in candidates:
         label = cand[0]
         tried += 1
