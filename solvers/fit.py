@@ -186,6 +186,16 @@ def is_toeplitz(M: torch.Tensor, tol: float) -> bool:
     return bool(torch.linalg.matrix_norm(T - A) <= tol * torch.linalg.matrix_norm(A))
 
 
+def _better_of(best, r):
+    """Of two results (either may be None), the one with a factorization and the lower error;
+    ``best`` on a tie."""
+    if r is None or r.kmatrix is None:
+        return best
+    if best is None or best.kmatrix is None or r.error < best.error:
+        return r
+    return best
+
+
 def _step(r, what) -> dict:
     """One entry of ``info["search"]``: the step tried and how it ended."""
     return {"step": what, "solver": r.solver, "status": r.status, "error": r.error, "seconds": r.seconds}
@@ -306,22 +316,19 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             record(r, "identify Re(P·B·P)")
             if r.status == "exact":
                 return done(r)
-            if r.kmatrix is not None and r.error < best.error:
-                best = r
+            best = _better_of(best, r)
         if n <= cfg.spectral_max_n:
             r = spectral(M, tol=tol, seed=cfg.seed)
             record(r, "spectral P·B·B*·Pᵀ")
             if r.status == "exact":
                 return done(r)
-            if r.kmatrix is not None and r.error < best.error:
-                best = r
+            best = _better_of(best, r)
     # The Toeplitz lift is an embedding read off the matrix's constant diagonals, its
     # circulant fitted from random starts (or, with the closed forms, identified spectrally).
     lifted = _toeplitz_lift(M, cfg, tol, search, t0)
     if lifted is not None and lifted.status in ("converged", "exact"):
         return done(lifted)
-    if lifted is not None and (best is None or best.kmatrix is None or lifted.error < best.error):
-        best = lifted
+    best = _better_of(best, lifted)
     if cfg.projection and not M.is_complex():
         remaining = cfg.time_budget - (time.perf_counter() - t0)
         if remaining > 1:
@@ -329,8 +336,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             record(r, "Re(P·B·P) by alternating projections")
             if r.status == "converged":
                 return done(r)
-            if best is None or best.kmatrix is None or r.error < best.error:
-                best = r
+            best = _better_of(best, r)
     rungs = ladder(n, M.is_complex())
     if cfg.max_rung is not None:
         rungs = rungs[: cfg.max_rung]
@@ -382,8 +388,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
             closest[i] = min(closest.get(i, float("inf")), r.error)
             if i not in latest or r.error <= latest[i][0].error:
                 latest[i] = (r, what)
-            if best is None or best.kmatrix is None or r.error < best.error:
-                best = r
+            best = _better_of(best, r)
         if cfg.time_budget - (time.perf_counter() - t0) <= 1:
             break
         queue = [(i, rungs[i]) for i in sorted(closest, key=closest.get)[: cfg.retry_rungs]]
