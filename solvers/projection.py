@@ -149,6 +149,8 @@ def project_butterfly(X: torch.Tensor) -> torch.Tensor:
 class _Runs:
     """The RAAR state of a batch of starts: targets, iterates, best errors and butterflies."""
 
+    FIELDS = ("A", "owner", "norm", "re", "im", "best_err", "best")  # one entry per start each
+
     def __init__(self, A, owner, cfg, g):
         self.A, self.owner, self.beta = A, owner, cfg.beta
         self.norm = torch.linalg.matrix_norm(A).clamp_min(1e-300)
@@ -169,13 +171,13 @@ class _Runs:
         self.im = pb.imag
 
     def keep(self, mask):
-        for name in ("A", "owner", "norm", "re", "im", "best_err", "best"):
+        for name in _Runs.FIELDS:
             setattr(self, name, getattr(self, name)[mask])
 
     @staticmethod
     def merge(runs):
         out = runs[0]
-        for name in ("A", "owner", "norm", "re", "im", "best_err", "best"):
+        for name in _Runs.FIELDS:
             setattr(out, name, torch.cat([getattr(r, name) for r in runs]))
         return out
 
