@@ -290,13 +290,13 @@ FIT_TARGETS = ("dft", "idft", "hadamard", "dct2", "dst2", "dct4", "hartley", "ci
 
 
 def bench_fit(ns=(8, 16, 32, 64, 128, 256), targets=FIT_TARGETS, time_budget=600.0, restarts=8, device="cpu",
-              closed_form=True, projection=True, out=print):
+              closed_form=True, projection=True, splitting=True, out=print):
     """Run the automatic search (``solvers.fit``: closed-form and spectral identification,
-    then fits from random starts -- alternating projections for a real target, gradient
-    fits; ``closed_form=False``: the fits alone; ``projection=False`` as well: the gradient
-    fits alone)
-    on the issue's targets; print status, error, structure, parameters, wall time and the
-    solver that answered, per case."""
+    then fits from random starts -- alternating projections for a real target, recursive
+    splitting into ``B · B*``, gradient fits; ``closed_form=False``: the fits alone;
+    ``projection=False, splitting=False`` as well: the gradient fits alone) on the issue's
+    targets; print status, error, structure, parameters, wall time and the solver that
+    answered, per case."""
     import solvers
 
     from . import targets as registry
@@ -304,6 +304,8 @@ def bench_fit(ns=(8, 16, 32, 64, 128, 256), targets=FIT_TARGETS, time_budget=600
     steps = "auto" if closed_form else "auto, fits from random starts only: no closed forms"
     if not projection:
         steps += ", no alternating projections"
+    if not splitting:
+        steps += ", no splitting"
     out(f"kfit bench fit -- solvers.fit ({steps}), budget {time_budget:g} s per case, {restarts} starts; {machine_line(device)}")
     out(f"{'target':<10} {'n':>5} {'status':<13} {'error':>9} {'seconds':>8} {'params':>8} {'dense':>7}  structure (solver)")
     rows = []
@@ -311,7 +313,7 @@ def bench_fit(ns=(8, 16, 32, 64, 128, 256), targets=FIT_TARGETS, time_budget=600
         for n in ns:
             M = registry.get(name, n)
             r = solvers.fit(M, time_budget=time_budget, restarts=restarts, device=device, closed_form=closed_form,
-                            projection=projection)
+                            projection=projection, splitting=splitting)
             K = r.kmatrix
             structure = K.structure() if K is not None else "-"
             dense = n * n * (2 if M.is_complex() else 1)

@@ -68,7 +68,8 @@ def _cmd_fit(args) -> int:
     overrides = {k: v for k, v in (("tol", args.tol),) if v is not None}
     progress = not args.json and sys.stderr.isatty()
     restarts = 8 if args.restarts is None else args.restarts
-    for flag, given in (("--no-closed-form", args.no_closed_form), ("--no-projection", args.no_projection)):
+    for flag, given in (("--no-closed-form", args.no_closed_form), ("--no-projection", args.no_projection),
+                        ("--no-splitting", args.no_splitting)):
         if given and (args.solver != "auto" or args.resume):
             raise ValueError(
                 f"{flag} chooses the steps of --solver auto, but "
@@ -100,6 +101,9 @@ def _cmd_fit(args) -> int:
     elif args.solver == "projection":
         result = solvers.fit_projection(M, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
                                         **overrides)
+    elif args.solver == "splitting":
+        result = solvers.fit_splitting(M, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
+                                       **overrides)
     elif args.solver == "permutation":
         result = solvers.route_permutation(M)
     elif args.solver == "spectral":
@@ -114,7 +118,7 @@ def _cmd_fit(args) -> int:
     elif args.solver == "auto":
         result = solvers.fit(M, restarts=restarts, time_budget=args.time_budget, seed=args.fit_seed, progress=progress,
                              device=args.device, closed_form=not args.no_closed_form,
-                             projection=not args.no_projection, **overrides)
+                             projection=not args.no_projection, splitting=not args.no_splitting, **overrides)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown solver {args.solver!r}")
     K = result.kmatrix
@@ -160,7 +164,8 @@ def _cmd_bench(args) -> int:
         ns = tuple(args.n) if args.n else (8, 16, 32, 64, 128, 256)
         names = tuple(args.targets.split(",")) if args.targets else _bench.FIT_TARGETS
         _bench.bench_fit(ns=ns, targets=names, time_budget=args.time_budget, restarts=args.restarts, device=args.device,
-                         closed_form=not args.no_closed_form, projection=not args.no_projection)
+                         closed_form=not args.no_closed_form, projection=not args.no_projection,
+                         splitting=not args.no_splitting)
         return 0
     if args.what == "identify":
         ns = tuple(args.n) if args.n else (256, 1024, 4096)
@@ -284,14 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("target", help="a registry name (kfit.targets.names()) or a .npy/.npz file")
     f.add_argument("-n", type=int, help="size, for a registry name")
     f.add_argument("--solver", default="auto",
-                   choices=["auto", "identify", "identify-real", "spectral", "projection", "gradient", "permutation"],
+                   choices=["auto", "identify", "identify-real", "spectral", "projection", "splitting", "gradient",
+                            "permutation"],
                    help="auto (default): permutation, identification (of P·B·P, then of Re(P·B·P) for a real "
                         "target), spectral identification, Re(P·B·P) fitted by alternating projections (real "
-                        "target), then gradient fits of growing structure")
+                        "target), B·B* by recursive splitting, then gradient fits of growing structure")
     f.add_argument("--no-closed-form", action="store_true",
-                   help="auto: skip the closed-form steps; only fits from random starts (projections, gradient ladder)")
+                   help="auto: skip the closed-form steps; only fits from random starts (projections, splitting, "
+                        "gradient ladder)")
     f.add_argument("--no-projection", action="store_true",
-                   help="auto: skip the alternating-projection fit (with --no-closed-form: the gradient ladder alone)")
+                   help="auto: skip the alternating-projection fit")
+    f.add_argument("--no-splitting", action="store_true",
+                   help="auto: skip the recursive splitting into B·B* (with --no-closed-form --no-projection: the "
+                        "gradient ladder alone)")
     f.add_argument("--chain", help="gradient: butterflies in matrix order, e.g. 'B B*' (default) or 'B B* B B*'")
     f.add_argument("--complex", action="store_true", help="gradient: complex twiddles")
     f.add_argument("--real-output", action="store_true", help="gradient: fit the real part (DCT/DST/Hartley)")
@@ -318,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-closed-form", action="store_true",
                    help="fit: only fits from random starts (skip the closed-form steps)")
     b.add_argument("--no-projection", action="store_true",
-                   help="fit: skip the alternating projections (with --no-closed-form: the gradient ladder alone)")
+                   help="fit: skip the alternating projections")
+    b.add_argument("--no-splitting", action="store_true",
+                   help="fit: skip the recursive splitting into B·B* (with --no-closed-form --no-projection: the "
+                        "gradient ladder alone)")
     b.add_argument("--repeats", type=int, default=3, help="identify: runs per size (best is kept)")
     b.add_argument("-n", type=int, nargs="*", help="sizes (default 256 1024 4096; product on cuda: 256 ... 16384)")
     b.add_argument("--batch", type=int, help="product: vectors per product (default 1024; on cuda see --batches)")

@@ -11,6 +11,7 @@ from .permutation import PermutationConfig, detect_permutation, route_permutatio
 from .projection import ProjectionConfig, fit_projection
 from .realpart import RealPartConfig, identify_real
 from .spectral import SpectralConfig, spectral
+from .splitting import SplittingConfig, fit_splitting
 
 __all__ = [
     "Result",
@@ -19,6 +20,7 @@ __all__ = [
     "RealPartConfig", "identify_real",
     "ProjectionConfig", "fit_projection",
     "SpectralConfig", "spectral",
+    "SplittingConfig", "fit_splitting",
     "GradientConfig", "fit_gradient", "refine",
     "FitConfig", "fit", "baselines",
 ]

@@ -13,10 +13,12 @@ Cheapest first:
    ``spectral_max_n``;
 4. a Toeplitz matrix (constant diagonals) that is not a circulant is lifted to the
    circulant of twice the size, which is identified spectrally (or, failing that or with
-   ``closed_form=False``, fitted as a complex ``B · B*`` from random starts), and the
-   corner (expansion 2) is returned;
-   a circulant that step 3 could not identify (repeated eigenvalues, e.g. a symmetric
-   kernel) is fitted as a complex ``B · B*`` the same way;
+   ``closed_form=False``, fitted as a complex ``B · B*`` from random starts: by recursive
+   splitting (:mod:`solvers.splitting`), then if need be by gradient), and the corner
+   (expansion 2) is returned; a circulant that step 3 could not identify (repeated
+   eigenvalues, e.g. a symmetric kernel) is fitted as a complex ``B · B*`` the same way.
+   Splitting converged on every circulant, symmetric circulant and Toeplitz lift measured
+   (n = 2 ... 2048, 0.4 s at n = 512 on 2 CPU cores);
 5. for a real target, ``Re(P · B · P)`` fitted from a random start by relaxed alternating
    projections (:mod:`solvers.projection`), the permutations screened over
    identify_real's 128 candidates -- the DCT-II/III/IV, DST-II/IV, Hartley and
@@ -25,7 +27,10 @@ Cheapest first:
    twiddles are complex: with ``closed_form=False`` a real butterfly target (the Hadamard
    matrix) is answered as ``Re(P·Bℂ·P)``, twice the parameters of the real ``B`` that
    ``identify`` finds (or the gradient ladder, with ``projection=False``);
-6. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
+6. ``B · B*`` (complex) by recursive splitting from random starts (:mod:`solvers.splitting`),
+   for any target not handled by step 4 (products of two butterflies, dyadic
+   convolutions); it fails fast on a matrix outside the class (0.3 s at n = 256);
+7. gradient fits (:mod:`solvers.gradient`) of growing structures, each with a share of
    the time budget, until one reaches ``tol`` -- then up to ``rounds - 1`` more passes
    over the closest rungs, from fresh random starts, while the budget lasts:
    ``B``; ``Re(B · P_bitrev)`` complex (Fourier-like real transforms);
@@ -41,7 +46,8 @@ Cheapest first:
    is far easier to optimise -- the circulant converges from random starts -- and returned
    with its real part); ``Re(B · B*)`` complex; ``Re((B · B*)^2)`` complex; ``corner[B · B*]`` with expansion 2.
 
-Permutations are recovered by identification (steps 2 and 3), screened among a
+Splitting fits ``B · B*`` without permutations (a circulant needs none); the
+permutations are recovered by identification (steps 2 and 3), screened among a
 structured family's candidates by the projections (step 5), fixed to the bit reversal in the
 rungs that name it, screened over candidates built from the top-level moves of the family
 (every candidate fitted, the worse half dropped repeatedly), or learned in the ``P~`` rung. A target that needs another hidden
@@ -93,6 +99,11 @@ class FitConfig:
         For a real target, fit ``Re(P·B·P)`` by relaxed alternating projections from a random
         start (:mod:`solvers.projection`, up to half the remaining budget) before the
         gradient ladder. ``False``: skip it (to study the gradient ladder alone).
+    splitting : bool
+        Fit ``B · B*`` by recursive splitting from random starts (:mod:`solvers.splitting`;
+        a circulant, a Toeplitz matrix's circulant lift, any product of two butterflies) --
+        for a Toeplitz target on its lift, before the lift's gradient fit, otherwise after
+        the projections and before the gradient ladder. ``False``: skip it.
     spectral_max_n : int
         Largest matrix given to spectral identification (a dense eigendecomposition,
         O(n^3): ~1 s at n = 1024, ~6 s at 2048 on 2 CPU cores).
@@ -110,6 +121,7 @@ class FitConfig:
     retry_rungs: int = 2
     closed_form: bool = True
     projection: bool = True
+    splitting: bool = True
 
 
 def ladder(n: int, target_is_complex: bool) -> list[dict]:
@@ -230,6 +242,18 @@ def _toeplitz_lift(M, cfg, tol, search, t0):
         search.append(_step(r, "Toeplitz -> circulant 2n, spectral"))
         if r.kmatrix is not None:
             return _corner(r, M, A, tol, "Toeplitz lifted to its 2n circulant, identified spectrally, corner taken")
+    if cfg.splitting:
+        from .splitting import fit_splitting
+
+        remaining = cfg.time_budget - (time.perf_counter() - t0)
+        r = fit_splitting(C, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=max(1.0, remaining / 3))
+        r = _corner(r, M, A, tol, what.replace("fitted as B · B* (complex)", "split into B · B* (complex)"), expansion)
+        search.append(_step(r, ("circulant" if circulant else "Toeplitz -> circulant 2n") + ", B · B* by splitting"))
+        if r.status == "converged":
+            return r
+        best_split = r
+    else:
+        best_split = None
     budget = max(1.0, (cfg.time_budget - (time.perf_counter() - t0)) / 3)
     gcfg = GradientConfig(
         chain=("B", "B*"), complex=True, tol=tol, restarts=4 * cfg.restarts, seed=cfg.seed,
@@ -238,7 +262,7 @@ def _toeplitz_lift(M, cfg, tol, search, t0):
     r = fit_gradient(C, gcfg)
     r = _corner(r, M, A, tol, what, expansion)
     search.append(_step(r, "circulant, B · B*" if circulant else "Toeplitz -> circulant 2n, B · B*"))
-    return r
+    return _better_of(best_split, r)
 
 
 def _corner(r, M, A, tol, what, expansion=2):
@@ -275,6 +299,7 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     from .projection import fit_projection
     from .realpart import identify_real
     from .spectral import spectral
+    from .splitting import fit_splitting
 
     t0 = time.perf_counter()
     cfg = replace(config or FitConfig(), **overrides)
@@ -293,10 +318,10 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
         r.seconds = time.perf_counter() - t0
         return r
 
-    if cfg.max_rung == 0 and not cfg.closed_form and not (cfg.projection and not M.is_complex()):
+    if cfg.max_rung == 0 and not cfg.closed_form and not cfg.splitting and not (cfg.projection and not M.is_complex()):
         raise ValueError(
-            "closed_form=False and max_rung=0 leave nothing to try: allow a gradient rung, the closed forms "
-            "or (for a real target) projection=True"
+            "closed_form=False, splitting=False and max_rung=0 leave nothing to try: allow a gradient rung, the "
+            "closed forms, splitting=True or (for a real target) projection=True"
         )
     best = None
     if cfg.closed_form:
@@ -334,6 +359,14 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
         if remaining > 1:
             r = fit_projection(M, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=remaining / 2)
             record(r, "Re(P·B·P) by alternating projections")
+            if r.status == "converged":
+                return done(r)
+            best = _better_of(best, r)
+    if cfg.splitting and lifted is None:  # (a Toeplitz target's lift was split above)
+        remaining = cfg.time_budget - (time.perf_counter() - t0)
+        if remaining > 1:
+            r = fit_splitting(M, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=remaining / 2)
+            record(r, "B · B* by recursive splitting")
             if r.status == "converged":
                 return done(r)
             best = _better_of(best, r)

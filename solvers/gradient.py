@@ -385,6 +385,24 @@ def fit_gradient(M, config: GradientConfig | None = None, **overrides) -> Result
     return _fit(M, replace(config or GradientConfig(), **overrides))
 
 
+def lm_finish(A, K, err, *, tol, cfg, t0, trace, step0):
+    """The Levenberg–Marquardt finish of the solvers that build a K-matrix another way
+    (projections, splitting): :func:`refine` of ``K`` against ``A`` with what is left of
+    ``cfg.time_budget`` (counted from ``t0``), its steps appended to ``trace`` after
+    ``step0``. Returns ``(K, err, status, finish)``: the refined factorization, its
+    re-measured error and refine's status when it is better, else ``K, err, None``;
+    ``finish`` is refine's record of the finish."""
+    from kfit._error import relative_error
+
+    r2 = refine(A, K, tol=tol, time_budget=max(1.0, cfg.time_budget - (time.perf_counter() - t0)),
+                progress=cfg.progress, seed=cfg.seed)
+    t_lm = trace[-1][1] if trace else 0.0
+    trace += [(step0 + step, t_lm + sec, e, phase) for step, sec, e, phase in r2.trace]
+    if r2.error < err.value:
+        return r2.kmatrix, relative_error(r2.kmatrix, A), r2.status, r2.info["finish"]
+    return K, err, None, r2.info["finish"]
+
+
 def refine(M, K, config: GradientConfig | None = None, **overrides) -> Result:
     """Polish the parameters of an existing K-matrix ``K`` against ``M`` with the
     second-order finish of :func:`fit_gradient` (Levenberg–Marquardt by default), its

@@ -307,15 +307,10 @@ def fit_projection(M, config: ProjectionConfig | None = None, **overrides) -> Re
     err = relative_error(K, A0)
     finish = None
     if err.value > tol and cfg.finish == "lm" and err.value < 1e-2 and not out_of_time():
-        from .gradient import refine
+        from .gradient import lm_finish
 
-        r2 = refine(A0, K, tol=tol, time_budget=max(1.0, cfg.time_budget - (time.perf_counter() - t0)),
-                    progress=cfg.progress, seed=cfg.seed)
-        finish = r2.info["finish"]
-        t_lm = trace[-1][1] if trace else 0.0
-        trace += [(it + step, t_lm + sec, e, phase) for step, sec, e, phase in r2.trace]
-        if r2.error < err.value:
-            K, err, status = r2.kmatrix, relative_error(r2.kmatrix, A0), r2.status
+        K, err, lm_status, finish = lm_finish(A0, K, err, tol=tol, cfg=cfg, t0=t0, trace=trace, step0=it)
+        status = lm_status or status
     if err.value <= tol:
         status = "converged"
     elif status in ("converged", "handover"):  # accuracy lost reading the twiddles, or LM did not gain

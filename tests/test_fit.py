@@ -114,7 +114,8 @@ def test_auto_routes_permutations_and_identifies_before_fitting():
 def test_auto_fits_hartley_and_records_the_search(device):
     # The gradient ladder alone (the closed forms identify the Hartley matrix: see test_realpart;
     # the alternating projections fit it: see test_projection).
-    r = fit(kfit.targets.get("hartley", 16), time_budget=120, device=device, closed_form=False, projection=False)
+    r = fit(kfit.targets.get("hartley", 16), time_budget=120, device=device, closed_form=False, projection=False,
+            splitting=False)
     assert r.status == "converged", r.message
     assert r.kmatrix.device.type == "cpu"  # whatever device fitted it
     assert r.solver == "gradient"
@@ -172,7 +173,7 @@ def test_cli_fit_auto_and_gradient(capsys, device):
     from kfit._cli import main
 
     assert main(["fit", "hartley", "-n", "16", "--time-budget", "120", "--device", device, "--no-closed-form",
-                 "--no-projection"]) == 0
+                 "--no-projection", "--no-splitting"]) == 0
     out = capsys.readouterr().out
     assert "converged" in out and "error" in out and "parameters" in out
     assert main(["fit", "hadamard", "-n", "8", "--solver", "gradient", "--chain", "B", "--time-budget", "60",
@@ -222,9 +223,11 @@ def test_learn_perm_conflicts_with_a_fixed_one():
 def test_convolutions_fit_from_random_starts(name, closed_form):
     n = 16
     M = kfit.targets.get(name, n, seed=5)
-    # spectral identification off (spectral_max_n=0, or no closed forms at all): this is the
-    # gradient route through the circulant (lift), which tests/test_spectral.py's doesn't cover
-    r = fit(M, time_budget=200, spectral_max_n=0) if closed_form else fit(M, time_budget=200, closed_form=False)
+    # spectral identification and splitting off (spectral_max_n=0, or no closed forms at all):
+    # this is the gradient route through the circulant (lift), which tests/test_spectral.py's
+    # and tests/test_splitting.py's don't cover
+    r = (fit(M, time_budget=200, spectral_max_n=0, splitting=False) if closed_form
+         else fit(M, time_budget=200, closed_form=False, splitting=False))
     assert r.status == "converged" and r.solver == "gradient", r.message
     assert r.info["search"][-1]["step"] == ("circulant, B · B*" if name == "circulant" else "Toeplitz -> circulant 2n, B · B*")
     rng = np.random.default_rng(5)  # independent reference from the same seed, via scipy
@@ -339,7 +342,8 @@ def test_auto_recovers_dct2_and_dst2_with_a_top_level_reordering(name, device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get(name, n), time_budget=240, device=device, closed_form=False, projection=False)
+    r = fit(kfit.targets.get(name, n), time_budget=240, device=device, closed_form=False, projection=False,
+            splitting=False)
     assert r.status == "converged", r.message
     ref = getattr(scipy.fft, name[:3])(np.eye(n), type=2, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12
@@ -457,7 +461,8 @@ def test_auto_recovers_the_dct4(device):
     import scipy.fft
 
     n = 32
-    r = fit(kfit.targets.get("dct4", n), time_budget=240, device=device, closed_form=False, projection=False)
+    r = fit(kfit.targets.get("dct4", n), time_budget=240, device=device, closed_form=False, projection=False,
+            splitting=False)
     assert r.status == "converged", r.message
     ref = scipy.fft.dct(np.eye(n), type=4, norm="ortho", axis=0)
     assert rel(dense_from_factors(r.kmatrix), ref) <= 1e-12

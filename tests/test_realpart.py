@@ -170,8 +170,8 @@ def test_bench_fit_with_and_without_the_closed_forms(capsys):
     row = next(line for line in out.splitlines() if line.startswith("hadamard"))
     assert " converged " in row and row.endswith("(projection)")  # a real target: Re(B) fitted first
     assert main(["bench", "fit", "-n", "8", "--targets", "hadamard", "--no-closed-form", "--no-projection",
-                 "--time-budget", "60"]) == 0
+                 "--no-splitting", "--time-budget", "60"]) == 0
     out = capsys.readouterr().out
-    assert "no alternating projections" in out
+    assert "no alternating projections, no splitting" in out
     row = next(line for line in out.splitlines() if line.startswith("hadamard"))
     assert row.endswith("(gradient)")
