@@ -354,19 +354,16 @@ def fit(M, config: FitConfig | None = None, **overrides) -> Result:
     if lifted is not None and lifted.status in ("converged", "exact"):
         return done(lifted)
     best = _better_of(best, lifted)
-    if cfg.projection and not M.is_complex():
+    # The fits from random starts that are not gradient fits, each with up to half the time
+    # left (a Toeplitz target's lift was split above).
+    for wanted, solve, what in (
+        (cfg.projection and not M.is_complex(), fit_projection, "Re(P·B·P) by alternating projections"),
+        (cfg.splitting and lifted is None, fit_splitting, "B · B* by recursive splitting"),
+    ):
         remaining = cfg.time_budget - (time.perf_counter() - t0)
-        if remaining > 1:
-            r = fit_projection(M, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=remaining / 2)
-            record(r, "Re(P·B·P) by alternating projections")
-            if r.status == "converged":
-                return done(r)
-            best = _better_of(best, r)
-    if cfg.splitting and lifted is None:  # (a Toeplitz target's lift was split above)
-        remaining = cfg.time_budget - (time.perf_counter() - t0)
-        if remaining > 1:
-            r = fit_splitting(M, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=remaining / 2)
-            record(r, "B · B* by recursive splitting")
+        if wanted and remaining > 1:
+            r = solve(M, tol=tol, seed=cfg.seed, progress=cfg.progress, time_budget=remaining / 2)
+            record(r, what)
             if r.status == "converged":
                 return done(r)
             best = _better_of(best, r)

@@ -144,11 +144,14 @@ def _null_rows(N):
     return torch.stack((-top[..., 1], top[..., 0]), -1)
 
 
+def _form(a, M, b):
+    """``a_i^T M_ij b_j`` for every block (``a``, ``b``: ``(blocks, h, 2)``) -> ``(blocks, h, h)``."""
+    return torch.einsum("kia,kijab,kjb->kij", a, M, b)
+
+
 def _residual(u, M, v):
-    """Relative off-diagonal residual ``||u_i^T M_ij v_j|| / ||M||``, ``(b, S)`` for ``u``, ``v``
-    of shape ``(b, S, h, 2)`` (``S`` starts per block)."""
-    off = torch.einsum("ksia,kijab,ksjb->ksij", u, M, v)
-    return torch.linalg.matrix_norm(off) / _block_norm(M)[:, None]
+    """Relative off-diagonal residual ``||u_i^T M_ij v_j|| / ||M||`` per block."""
+    return torch.linalg.matrix_norm(_form(u, M, v)) / _block_norm(M)
 
 
 def _block_norm(M):
@@ -304,14 +307,14 @@ def _newton(M, u, v, res, cfg):
         if not bool(open_.any()):
             break
         up, vp = _perp(u).conj(), _perp(v).conj()
-        off = torch.einsum("kia,kijab,kjb->kij", u, M, v)
-        P = torch.einsum("kia,kijab,kjb->kij", up, M, v)
-        Q = torch.einsum("kia,kijab,kjb->kij", u, M, vp)
+        off = _form(u, M, v)
+        P = _form(up, M, v)
+        Q = _form(u, M, vp)
         x, y = _diag_lstsq(P, Q, off)
         moved = torch.zeros_like(open_)
         for t in (1.0, 0.5, 0.25, 0.125):
             u2, v2 = _unit(u + t * x[..., None] * up), _unit(v + t * y[..., None] * vp)
-            r2 = _residual(u2[:, None], M, v2[:, None])[:, 0]
+            r2 = _residual(u2, M, v2)
             better = (r2 < res) & open_ & ~moved
             u = torch.where(better[:, None, None], u2, u)
             v = torch.where(better[:, None, None], v2, v)
@@ -329,9 +332,9 @@ def _complete(M, u, v):
     ``T_2`` (``(b, h, 2, 2)``), the halves ``X``, ``Z`` (``(b, h, h)``) and the residual of
     the eliminated block."""
     u1, v0 = _perp(u).conj(), _perp(v).conj()  # orthonormal complements
-    X = torch.einsum("kia,kijab,kjb->kij", u, M, v0)
-    Y = torch.einsum("kia,kijab,kjb->kij", u1, M, v0)
-    Z = torch.einsum("kia,kijab,kjb->kij", u1, M, v)
+    X = _form(u, M, v0)
+    Y = _form(u1, M, v0)
+    Z = _form(u1, M, v)
     alpha, beta = _diag_lstsq(X, Z, Y)  # Y + diag(alpha) X + Z diag(beta) = 0
     u1 = u1 + alpha[..., None] * u
     v0 = v0 + beta[..., None] * v
@@ -395,7 +398,7 @@ def fit_splitting(M, config: SplittingConfig | None = None, **overrides) -> Resu
         Mb = blocks.view(b, 2, h, 2, h).permute(0, 2, 4, 1, 3)  # Mb[k, i, j, r, c] = block[r h + i, c h + j]
         if h == 2:
             u, v = _solve_4(Mb)
-            res, sweeps = _residual(u[:, None], Mb, v[:, None])[:, 0], 0
+            res, sweeps = _residual(u, Mb, v), 0
         else:
             # once a level has failed (M is not B · B*), the rest only completes a
             # factorization to report: one sweep each, no Newton
