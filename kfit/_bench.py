@@ -90,17 +90,26 @@ def _timed(device, min_run_time):
 
 
 def _bench_product_plain(ns, batch, device, min_run_time, out):
-    from . import known
+    from . import _numba, known
     from ._butterfly import Butterfly
 
+    from ._products import resolve_path
+
+    kernel = torch.device(device).type == "cpu" and _numba.available()
     out(f"kfit bench product -- batch {batch}; {machine_line(device)}")
     out(f"ms per product: the best of {PRODUCT_ROUNDS} rounds that time every column in turn (each a median); "
-        "ratio = baseline ms / fused ms (>1: the K-matrix is faster)")
-    header = f"{'n':>6} {'kind':<22} {'reference':>10} {'fused':>10} {'dense':>10} {'torch.fft':>10} {'dense/fused':>12} {'fft/fused':>10}"
+        "ratio = baseline ms / auto ms (>1: the K-matrix is faster); auto = the path path='auto' runs, last column")
+    header = (f"{'n':>6} {'kind':<22} {'reference':>10} {'fused':>10} {'numba':>10} {'dense':>10} {'torch.fft':>10} "
+              f"{'dense/auto':>12} {'fft/auto':>10} {'auto':>6}")
     out(header)
     rows = []
     g = torch.Generator().manual_seed(0)
     timed = _timed(device, min_run_time)
+    nan = float("nan")
+
+    def ms(v):
+        return f"{'-':>10}" if v != v else f"{v:10.3f}"
+
     for n in ns:
         for kind in ("real butterfly f32", "complex DFT c64"):
             if kind.startswith("real"):
@@ -111,9 +120,12 @@ def _bench_product_plain(ns, batch, device, min_run_time, out):
                 dtype = torch.complex64
             x = torch.randn(batch, n, dtype=dtype, generator=g).to(device)
             W = torch.randn(n, n, dtype=dtype, generator=g).to(device)
+            fast = resolve_path("auto", n, device, rows=batch, complex_=dtype.is_complex)
 
             columns = {"reference": lambda: op(x, path="reference"), "fused": lambda: op(x, path="fused"),
                        "dense": lambda: x @ W.T}
+            if kernel:
+                columns["numba"] = lambda: op(x, path="numba")
             if dtype.is_complex:
                 columns["fft"] = lambda: torch.fft.fft(x, norm="ortho")
             # Interleaved rounds: a slow spell of a shared machine hits one round of every
@@ -122,15 +134,14 @@ def _bench_product_plain(ns, batch, device, min_run_time, out):
             for _ in range(PRODUCT_ROUNDS - 1):
                 for k, f in columns.items():
                     best[k] = min(best[k], timed(f))
-            t_ref, t_fused, t_dense = best["reference"], best["fused"], best["dense"]
-            t_fft = best.get("fft", float("nan"))
-            row = dict(n=n, kind=kind, reference=t_ref, fused=t_fused, dense=t_dense, fft=t_fft)
+            row = dict(n=n, kind=kind, reference=best["reference"], fused=best["fused"], numba=best.get("numba", nan),
+                       dense=best["dense"], fft=best.get("fft", nan), fast=fast)
             rows.append(row)
-            fft_ratio = f"{t_fft / t_fused:10.2f}" if dtype.is_complex else f"{'-':>10}"
-            fft_ms = f"{t_fft:10.3f}" if dtype.is_complex else f"{'-':>10}"
+            t_fast = row[fast]
+            fft_ratio = f"{row['fft'] / t_fast:10.2f}" if dtype.is_complex else f"{'-':>10}"
             out(
-                f"{n:>6} {kind:<22} {t_ref:10.3f} {t_fused:10.3f} {t_dense:10.3f} {fft_ms} "
-                f"{t_dense / t_fused:12.2f} {fft_ratio}"
+                f"{n:>6} {kind:<22} {ms(row['reference'])} {ms(row['fused'])} {ms(row['numba'])} {ms(row['dense'])} "
+                f"{ms(row['fft'])} {row['dense'] / t_fast:12.2f} {fft_ratio} {fast:>6}"
             )
     return rows
 

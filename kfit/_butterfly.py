@@ -152,12 +152,24 @@ class Butterfly(LinearOp):
         return f", {'increasing' if self.increasing else 'decreasing'} stride"
 
     # -- products --------------------------------------------------------------------------
-    def _apply3(self, x, path, alloc=None):
+    def _apply3(self, x, path, alloc=None, perm=None):
+        """``perm``: a Permutation's index vector applied to x first (``B (P x)``): the numba
+        kernel folds it into its first level, every other path gathers first."""
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
         tracked = _products._tracked(x, tw)
-        chosen = _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1], autograd=tracked)
+        chosen = _products.resolve_path(path, self.n, x.device, rows=x.shape[0] * x.shape[1], autograd=tracked,
+                                        complex_=x.is_complex())
+        T = max(x.shape[0], tw.shape[0])
+        out = None if alloc is None else alloc((T, *x.shape[1:]), x.dtype)
+        if chosen == "numba":
+            from . import _numba
+
+            return _numba.apply(x, self._plan(tw, "numba"), perm, out)
+        if perm is not None:
+            buf = None if tracked else _products.scratch(_products.workspace(self), "perm", x.shape, x.dtype, x)
+            x = torch.gather(x, -1, perm.to(x.device).expand(x.shape), out=buf)
         if chosen == "triton":
             from ._triton import butterfly_triton  # imports triton: only on this path
 
@@ -167,22 +179,23 @@ class Butterfly(LinearOp):
             # gain was measured on CPUs (it skips a transpose that GPUs do cheaply).
             if tracked or x.device.type != "cpu":
                 return _products.apply_fused_blocks(x, self._plan(tw, "two"), self.increasing)
-            plan = self._plan(tw, "pass")
-            T = max(x.shape[0], plan[0].shape[0])
-            out = None if alloc is None else alloc((T, *x.shape[1:]), x.dtype)
-            return _products.apply_pass_plan(x, plan, self.increasing, _products.workspace(self), out)
+            return _products.apply_pass_plan(x, self._plan(tw, "pass"), self.increasing, _products.workspace(self), out)
         return _products.butterfly_reference(x, tw, self.increasing)
 
     def _plan(self, tw, kind: str):
         """The blocks of the fused path (``kind``: "two" matmuls under autograd, "pass" plan
-        otherwise), cached while the twiddles are unchanged.
+        otherwise) or the numba kernel's twiddle planes ("numba"), cached while the twiddles
+        are unchanged.
 
         The cache holds a copy of the twiddles it was built from and is reused only when
         they are still equal (O(n log n) to check, against O(batch n sqrt n) for the
         product), so in-place edits -- even through ``.data`` -- are always seen. Not
         cached when autograd needs the blocks (twiddles requiring grad, grad enabled).
         """
-        build = _products.fused_blocks if kind == "two" else _products.pass_plan
+        if kind == "numba":
+            from ._numba import plan as build
+        else:
+            build = _products.fused_blocks if kind == "two" else _products.pass_plan
         if torch.is_grad_enabled() and self.twiddle.requires_grad:
             return build(tw, self.increasing)
         cache = self.__dict__.setdefault("_plan_cache", {})

@@ -200,7 +200,12 @@ class KMatrix(LinearOp):
         # While autograd records anything here, every intermediate is a fresh tensor: a
         # reused one could be overwritten before the backward that saved it.
         ws = None if _products._tracked(x, *self._tensors()) else _products.workspace(self)
+        perm = None  # a permutation waiting to be applied by the butterfly after it
         for i, f in enumerate(factors):
+            nxt = factors[i + 1] if i + 1 < len(factors) else None
+            if isinstance(f, Permutation) and isinstance(nxt, Butterfly) and perm is None:
+                perm = f.perm  # B · P: the butterfly reads through it (free in the numba kernel)
+                continue
             if f.is_complex and not x.is_complex() and not isinstance(f, KMatrix):
                 x = x.to(complex_dtype_of(x.dtype))  # a nested KMatrix promotes for itself
             if i == len(factors) - 1:
@@ -209,7 +214,10 @@ class KMatrix(LinearOp):
                 use = None
             else:  # alternate the slots: a factor never writes over its own input
                 use = functools.partial(_products.scratch, ws, i % 2, like=x)
-            x = f._apply3(x, path, use)
+            if perm is not None:
+                x, perm = f._apply3(x, path, use, perm=perm), None
+            else:
+                x = f._apply3(x, path, use)
         return x[..., :n] if N != n else x
 
     def _tensors(self):

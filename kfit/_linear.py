@@ -115,9 +115,11 @@ class LinearOp:
         """Apply to a batch of row vectors ``x`` of shape ``(..., n)``; see the module doc.
 
         ``path`` picks the product implementation: "auto" (default: the Triton kernel on
-        CUDA tensors when triton is installed, else "fused"; while autograd records, only
-        for n >= 16 and 8+ vectors, else "reference"), "reference", "fused" or "triton"
-        (CUDA tensors, or the CPU under ``TRITON_INTERPRET=1``); ``KFIT_PRODUCT_PATH``
+        CUDA tensors when triton is installed; on the CPU without autograd the compiled
+        numba kernel (the fused pass plan for large real batches below n = 4096, where it
+        is as fast); while autograd records "fused", only for n >= 16 and 8+ vectors, else
+        "reference"), "reference", "fused", "numba" (CPU, no autograd) or "triton" (CUDA
+        tensors, or the CPU under ``TRITON_INTERPRET=1``); ``KFIT_PRODUCT_PATH``
         sets the default.
         """
         x3, out_shape = self._canonical_input(x)

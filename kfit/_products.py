@@ -22,6 +22,9 @@ Two paths compute the same thing:
   - :func:`apply_pass_plan` (CPU, no autograd) -- the five lowest levels as one batched matmul
     of 32 x 32 blocks, then one elementwise pass per remaining level on a block-major
     layout: no full transpose, which is what the two-matmul plan spends most on (CPU).
+
+Two compiled kernels run every level with the data in cache: ``kfit/_numba.py`` (CPU, no
+autograd; what "auto" picks there) and ``kfit/_triton.py`` (CUDA, forward and backward).
 """
 from __future__ import annotations
 
@@ -35,7 +38,17 @@ import torch
 #: is as fast (without autograd the fused path wins at every size).
 FUSED_MIN_N = 16
 
-_PATHS = ("auto", "reference", "fused", "triton")
+_PATHS = ("auto", "reference", "fused", "numba", "triton")
+
+#: Above this size "auto" leaves the numba kernel for the fused path: the kernel's scratch
+#: (2 x 16 vectors per thread, in both planes) would outgrow every cache and reach ~100 MB.
+NUMBA_MAX_N = 2**16
+#: Real products of at least this many vectors stay on the fused pass plan below
+#: NUMBA_REAL_FROM_N: there its real batched matmul keeps up with the kernel, whose real
+#: arithmetic the compiler leaves scalar (measured, 2 CPU cores, float32, batch 1024:
+#: n = 256 0.57 vs 0.79 ms, n = 1024 3.6 vs 4.5 ms, n = 4096 15.2 vs 10.4 ms; fewer
+#: vectors, and every complex product, run faster in the kernel).
+NUMBA_REAL_MIN_ROWS, NUMBA_REAL_FROM_N = 256, 4096
 
 
 def stride(n: int, level: int, increasing: bool) -> int:
@@ -346,13 +359,17 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def resolve_path(path: str | None, n: int, device: torch.device, rows: int | None = None, autograd: bool = False) -> str:
+def resolve_path(path: str | None, n: int, device: torch.device, rows: int | None = None, autograd: bool = False,
+                 complex_: bool = True) -> str:
     """Pick the product path: explicit argument > $KFIT_PRODUCT_PATH > automatic.
 
-    "auto": the fused Triton kernel for CUDA tensors when triton is installed; otherwise
-    the fused path -- under autograd (``autograd=True``) only from FUSED_MIN_N and
-    FUSED_MIN_ROWS on, the per-level reference below. "triton" runs on CUDA, or on the CPU
-    under the Triton interpreter (TRITON_INTERPRET=1, for tests).
+    "auto": the fused Triton kernel for CUDA tensors when triton is installed; on the CPU
+    without autograd the compiled numba kernel when numba is installed (n <= NUMBA_MAX_N;
+    for real data (``complex_=False``) not for NUMBA_REAL_MIN_ROWS+ vectors below
+    NUMBA_REAL_FROM_N); otherwise the fused path -- under autograd (``autograd=True``) only from FUSED_MIN_N
+    and FUSED_MIN_ROWS on, the per-level reference below. "triton" runs on CUDA, or on the
+    CPU under the Triton interpreter (TRITON_INTERPRET=1, for tests). "numba" runs on the
+    CPU without autograd.
     """
     chosen = path if path is not None else os.environ.get("KFIT_PRODUCT_PATH", "auto")
     source = "path" if path is not None else "$KFIT_PRODUCT_PATH"
@@ -373,11 +390,29 @@ def resolve_path(path: str | None, n: int, device: torch.device, rows: int | Non
                 f".to('cuda'), set TRITON_INTERPRET=1 before the first triton product, or use path='fused'"
             )
         return "triton"
+    if chosen == "numba":
+        from . import _numba
+
+        if not _numba.available():
+            raise ValueError(f"{source}='numba' needs the numba package, which is not installed: "
+                             f"pip install numba (or pick path='fused')")
+        if device.type != "cpu":
+            raise ValueError(f"{source}='numba' is the CPU kernel, got tensors on {device}: "
+                             f"use path='triton' or 'fused' there, or move them with .to('cpu')")
+        if autograd:
+            raise ValueError(f"{source}='numba' computes products without autograd, but autograd is "
+                             f"recording this one (an input or parameter requires grad): use path='fused' "
+                             f"or 'auto', or run it under torch.no_grad()")
+        return "numba"
     if chosen == "auto":
         if device.type == "cuda" and _has_triton():
             return "triton"
         if not autograd:
-            return "fused"
+            from . import _numba
+
+            big_real = not complex_ and rows is not None and rows >= NUMBA_REAL_MIN_ROWS and n < NUMBA_REAL_FROM_N
+            kernel = device.type == "cpu" and n <= NUMBA_MAX_N and not big_real and _numba.available()
+            return "numba" if kernel else "fused"
         few = rows is not None and rows < FUSED_MIN_ROWS
         return "fused" if n >= FUSED_MIN_N and not few else "reference"
     return chosen

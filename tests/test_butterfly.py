@@ -32,7 +32,8 @@ NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-PATHS = ["reference", "fused"]
+PATHS = ["reference", "fused", "numba"]
+GRAD_PATHS = ["reference", "fused"]  # the numba kernel computes products without autograd
 DENSE_MAX = 256  # above this the reference applies sparse levels to the vectors
 
 
@@ -270,7 +271,7 @@ def test_single_precision_agrees(n, cplx, path, rng):
 # 2. gradients
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", GRAD_PATHS)
 @pytest.mark.parametrize("increasing", [True, False], ids=["inc", "dec"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
 @pytest.mark.parametrize("n", [2, 4, 8, 16])
@@ -286,7 +287,7 @@ def test_gradcheck_twiddles_and_input(n, dtype, increasing, path, rng):
     assert torch.autograd.gradcheck(f, (tw, x), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=n >= 8)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", GRAD_PATHS)
 def test_gradcheck_batched_and_mixed_dtypes(path, rng):
     n = 8
     tw = torch.from_numpy(random_twiddles(rng, n, batch=(2,))).requires_grad_()
@@ -304,7 +305,7 @@ def test_gradient_matches_analytic(rng):
     tw = random_twiddles(rng, n)
     g = random_vectors(rng, (n,))
     A = butterfly_dense(tw, True)
-    for path in PATHS:
+    for path in GRAD_PATHS:
         x = torch.from_numpy(random_vectors(rng, (n,))).requires_grad_()
         (Butterfly(torch.from_numpy(tw))(x, path=path) @ torch.from_numpy(g)).backward()
         assert rel_err(x.grad, A.T @ g) <= 1e-12
@@ -677,7 +678,9 @@ def test_bench_product_cpu_table_runs():
     lines = []
     rows = _bench.bench_product(ns=(16,), batch=4, min_run_time=1e-3, out=lines.append)
     assert [r["kind"] for r in rows] == ["real butterfly f32", "complex DFT c64"]
-    assert all(r[k] > 0 for r in rows for k in ("reference", "fused", "dense"))
+    assert all(r[k] > 0 for r in rows for k in ("reference", "fused", "numba", "dense"))
     assert np.isnan(rows[0]["fft"]) and rows[1]["fft"] > 0
-    assert "best of 3 rounds" in lines[1] and lines[2].split()[-2:] == ["dense/fused", "fft/fused"]
+    assert all(r["fast"] == "numba" for r in rows)  # path="auto" on the CPU without autograd, 4 vectors
+    assert "best of 3 rounds" in lines[1] and lines[2].split()[-3:] == ["dense/auto", "fft/auto", "auto"]
+    assert all(line.split()[-1] == "numba" for line in lines[3:])
     assert main(["bench", "product", "-n", "8", "--batch", "2", "--min-time", "0.001"]) == 0

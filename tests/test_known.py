@@ -27,7 +27,7 @@ from kfit import Butterfly, Diagonal, Permutation, known
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 TOL = 1e-12
-PATHS = ("reference", "fused")
+PATHS = ("reference", "fused", "numba")
 
 
 def kmatrix_error(K, M: np.ndarray, seed: int = 0) -> float:
@@ -167,8 +167,9 @@ def test_permutation_large_exact(n, rng):
     _check_switch_twiddles(K)
     X = np.concatenate([np.arange(n, dtype=np.float64)[None], random_vectors(rng, (3, n))])
     # The fused path builds dense sqrt(n) x sqrt(n) blocks (O(n^1.5) work per butterfly):
-    # exercised up to 16384; the largest sizes use the level-by-level reference path.
-    paths = ("reference", "fused") if n <= 16384 else ("reference",)
+    # exercised up to 16384; the largest sizes use the level-by-level reference path (and the
+    # numba kernel, which has no such cost).
+    paths = ("reference", "fused", "numba") if n <= 16384 else ("reference", "numba")
     for path in paths:
         Y = to_numpy(K(torch.from_numpy(X), path=path))
         assert np.array_equal(Y[0], perm.astype(np.float64))  # arange -> perm, exactly

@@ -26,7 +26,7 @@ import torch
 
 from _reference import batched_butterfly_dense, op_dense, random_twiddles, random_vectors, rel_err, to_numpy
 from kfit import Butterfly, known
-from kfit import _products
+from kfit import _numba, _products
 
 _old = os.environ.get("TRITON_INTERPRET")
 os.environ["TRITON_INTERPRET"] = "1"
@@ -246,9 +246,11 @@ def test_resolve_path_triton(monkeypatch):
     monkeypatch.setenv("KFIT_PRODUCT_PATH", "triton")
     assert _products.resolve_path(None, 64, cpu) == "triton"
     monkeypatch.delenv("KFIT_PRODUCT_PATH")
-    # "auto" on the CPU is unchanged: the interpreter is never chosen by itself
-    assert _products.resolve_path("auto", 64, cpu, rows=100) == "fused"
-    assert _products.resolve_path("auto", 64, cpu, rows=2) == "fused"
+    # "auto" on the CPU never picks the interpreter by itself: the numba kernel (fused
+    # without numba) without autograd, fused or reference with it
+    cpu_fast = "numba" if _numba.available() else "fused"
+    assert _products.resolve_path("auto", 64, cpu, rows=100) == cpu_fast
+    assert _products.resolve_path("auto", 64, cpu, rows=2) == cpu_fast
     assert _products.resolve_path("auto", 64, cpu, rows=2, autograd=True) == "reference"
     assert _products.resolve_path("auto", 8, cpu, autograd=True) == "reference"
     assert _products.resolve_path("auto", 64, cpu, rows=100, autograd=True) == "fused"
