@@ -92,7 +92,6 @@ def _timed(device, min_run_time):
 def _bench_product_plain(ns, batch, device, min_run_time, out):
     from . import _numba, known
     from ._butterfly import Butterfly
-
     from ._products import resolve_path
 
     kernel = torch.device(device).type == "cpu" and _numba.available()

@@ -1,6 +1,7 @@
 """The butterfly matrix: log2(n) sparse factors stored as one twiddle tensor."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -153,8 +154,8 @@ class Butterfly(LinearOp):
 
     # -- products --------------------------------------------------------------------------
     def _apply3(self, x, path, alloc=None, perm=None):
-        """``perm``: a Permutation's index vector applied to x first (``B (P x)``): the numba
-        kernel folds it into its first level, every other path gathers first."""
+        """``perm``: a Permutation applied to x first (``B (P x)``): the numba kernel folds
+        it into its first level, every other path applies it first (into a scratch buffer)."""
         tw = self.twiddle.reshape(-1, *self.twiddle.shape[-4:])
         if x.is_complex() and not tw.is_complex():
             tw = tw.to(x.dtype)
@@ -166,10 +167,11 @@ class Butterfly(LinearOp):
         if chosen == "numba":
             from . import _numba
 
-            return _numba.apply(x, self._plan(tw, "numba"), perm, out)
+            return _numba.apply(x, self._plan(tw, "numba"), None if perm is None else perm.perm, out)
         if perm is not None:
-            buf = None if tracked else _products.scratch(_products.workspace(self), "perm", x.shape, x.dtype, x)
-            x = torch.gather(x, -1, perm.to(x.device).expand(x.shape), out=buf)
+            # a reused buffer only when autograd saves nothing (it may save P x for the twiddles)
+            ws = None if tracked else _products.workspace(self)
+            x = perm._apply3(x, path, None if ws is None else functools.partial(_products.scratch, ws, "perm", like=x))
         if chosen == "triton":
             from ._triton import butterfly_triton  # imports triton: only on this path
 

@@ -203,8 +203,8 @@ class KMatrix(LinearOp):
         perm = None  # a permutation waiting to be applied by the butterfly after it
         for i, f in enumerate(factors):
             nxt = factors[i + 1] if i + 1 < len(factors) else None
-            if isinstance(f, Permutation) and isinstance(nxt, Butterfly) and perm is None:
-                perm = f.perm  # B · P: the butterfly reads through it (free in the numba kernel)
+            if isinstance(f, Permutation) and isinstance(nxt, Butterfly):
+                perm = f  # B · P: the butterfly reads through it (free in the numba kernel)
                 continue
             if f.is_complex and not x.is_complex() and not isinstance(f, KMatrix):
                 x = x.to(complex_dtype_of(x.dtype))  # a nested KMatrix promotes for itself

@@ -73,7 +73,7 @@ def run(x, perm, tw, strides, out):  # pragma: no cover - compiled; tested throu
         b = np.empty((P, n, G), dtype=x.dtype)
         ar, ai, br, bi = a[0], a[P - 1], b[0], b[P - 1]
         for ib in range(0, n, TILE):  # rows -> lanes, one L1-sized tile at a time
-            if n >= TILE:  # a constant width: the compiler unrolls and vectorizes
+            if n >= TILE:  # a constant width, which the compiler unrolls (a runtime width: 2x slower)
                 _move(xt, ar, ai, r0, rows, ib, TILE, P, True)
             else:
                 _move(xt, ar, ai, r0, rows, ib, n, P, True)

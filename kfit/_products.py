@@ -366,10 +366,10 @@ def resolve_path(path: str | None, n: int, device: torch.device, rows: int | Non
     "auto": the fused Triton kernel for CUDA tensors when triton is installed; on the CPU
     without autograd the compiled numba kernel when numba is installed (n <= NUMBA_MAX_N;
     for real data (``complex_=False``) not for NUMBA_REAL_MIN_ROWS+ vectors below
-    NUMBA_REAL_FROM_N); otherwise the fused path -- under autograd (``autograd=True``) only from FUSED_MIN_N
-    and FUSED_MIN_ROWS on, the per-level reference below. "triton" runs on CUDA, or on the
-    CPU under the Triton interpreter (TRITON_INTERPRET=1, for tests). "numba" runs on the
-    CPU without autograd.
+    NUMBA_REAL_FROM_N); otherwise the fused path -- under autograd (``autograd=True``)
+    only from FUSED_MIN_N and FUSED_MIN_ROWS on, the per-level reference below. "triton"
+    runs on CUDA, or on the CPU under the Triton interpreter (TRITON_INTERPRET=1, for
+    tests). "numba" runs on the CPU without autograd.
     """
     chosen = path if path is not None else os.environ.get("KFIT_PRODUCT_PATH", "auto")
     source = "path" if path is not None else "$KFIT_PRODUCT_PATH"
